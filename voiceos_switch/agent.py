@@ -1,0 +1,271 @@
+"""The public SDK: an :class:`Agent` answers calls; handlers react to events.
+
+::
+
+    from voiceos_switch import Agent
+
+    agent = Agent(system_prompt="...")
+
+    @agent.on("dtmf")
+    async def pressed(call, digit):
+        await call.say(f"You pressed {digit}")
+
+    agent.serve()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import log
+from .call import Call, Handler, TTS
+from .control.ami import AMIController, AMIError
+from .media import AudioIn, CallMedia, DtmfIn, MediaEnded
+from .settings import Settings, is_loopback, split_hostport
+
+logger = log.get(__name__)
+
+EVENTS = frozenset(
+    {
+        "call_started",
+        "call_ended",
+        "dtmf",
+        "transcript",
+        "emotion_detected",
+        "escalation_requested",
+    }
+)
+
+
+class ConfigurationError(ValueError):
+    """The agent cannot run as configured; the message says what to change."""
+
+
+class TransferError(RuntimeError):
+    pass
+
+
+class Agent:
+    """A voice agent. Until a ``model`` is configured it is the built-in
+    greeting agent: it speaks ``greeting``, reads back keypad digits, hands
+    the caller to a human on 0 and says goodbye on #.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        voice: str | None = None,
+        system_prompt: str | None = None,
+        tools: Sequence[Callable[..., Any]] = (),
+        emotion_triggers: dict[str, float] | None = None,
+        *,
+        greeting: str | None = None,
+        human_target: str | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        if model is not None:
+            raise ConfigurationError(
+                f"model={model!r}: this build of voiceos-switch has no LLM conversation "
+                "engine yet; leave model unset to run the built-in greeting agent"
+            )
+        self.settings = settings or Settings()
+        self.model = model
+        self.voice = voice or "en-us"
+        self.system_prompt = system_prompt
+        self.tools = list(tools)
+        self.emotion_triggers = dict(emotion_triggers or {})
+        self.greeting = greeting if greeting is not None else self.settings.greeting
+        self.human_target = human_target or self.settings.human_extension
+        self._handlers: dict[str, list[Handler]] = {name: [] for name in EVENTS}
+        self.calls: dict[str, Call] = {}
+        self.control: AMIController | None = None
+        self._tts: TTS | None = None
+
+    # events ----------------------------------------------------------------
+    def on(self, event: str) -> Callable[[Handler], Handler]:
+        if event not in EVENTS:
+            raise ConfigurationError(
+                f"unknown event {event!r}; one of: {', '.join(sorted(EVENTS))}"
+            )
+
+        def register(fn: Handler) -> Handler:
+            self._handlers[event].append(fn)
+            return fn
+
+        return register
+
+    def has_handlers(self, event: str) -> bool:
+        return bool(self._handlers[event])
+
+    async def _emit(self, event: str, call: Call, *args: Any) -> None:
+        for handler in self._handlers[event]:
+            try:
+                result = handler(call, *args)
+                if inspect.isawaitable(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception(log.kv(event="handler_error", handler=event))
+
+    # call control ------------------------------------------------------------
+    async def transfer_to_human(
+        self, call: Call, target: str | None = None, include_transcript: bool = True
+    ) -> None:
+        """Hand the caller to a human (``voiceos-humans`` dialplan context).
+
+        The transcript so far goes with the call as the channel variable
+        ``VOICEOS_TRANSCRIPT`` when ``include_transcript`` is true.
+        """
+        target = target or self.human_target
+        if self.control is None:
+            raise TransferError("no call control: the bridge has no AMI connection")
+        try:
+            if include_transcript:
+                await self.control.set_var(call.id, "VOICEOS_TRANSCRIPT", call.transcript_text())
+            await self.control.set_var(call.id, "VOICEOS_HANDOFF", target)
+            await self.control.redirect(call.id, target)
+        except (AMIError, TimeoutError) as exc:
+            raise TransferError(f"transfer to {target} failed: {exc}") from exc
+        call.transferred_to = target
+        logger.info(log.kv(event="transferred", target=target))
+
+    # the per-call loop -----------------------------------------------------
+    def _tts_provider(self) -> TTS:
+        if self._tts is None:
+            from .providers.tts.espeak import EspeakTTS
+
+            self._tts = EspeakTTS(voice=self.voice)
+        return self._tts
+
+    async def handle_call(self, media: CallMedia) -> None:
+        """Run one call from its first frame to its end."""
+        call = Call(self, media, self._tts_provider())
+        self.calls[call.id] = call
+        if self.control is not None:
+            info = self.control.channels.get(call.id)
+            if info is not None:
+                call.caller, call.called = info.caller, info.called
+        logger.info(log.kv(event="call_started", pbx=call.pbx, rate=call.sample_rate))
+        speaking: asyncio.Task[Any] | None = None
+        try:
+            await self._emit("call_started", call)
+            if not self.has_handlers("call_started") and self.greeting:
+                speaking = asyncio.create_task(call.say(self.greeting))
+            async for event in media.events():
+                if isinstance(event, AudioIn):
+                    continue
+                if isinstance(event, DtmfIn):
+                    call.dtmf.append(event.digit)
+                    await self._emit("dtmf", call, event.digit)
+                    if not self.has_handlers("dtmf"):
+                        speaking = await self._builtin_dtmf(call, event.digit, speaking)
+                elif isinstance(event, MediaEnded):
+                    break
+        finally:
+            if speaking is not None and not speaking.done():
+                speaking.cancel()
+                await asyncio.gather(speaking, return_exceptions=True)
+            call.ended_at = time.time()
+            reason = getattr(media, "end_reason", None)
+            logger.info(
+                log.kv(event="call_ended", reason=getattr(reason, "reason", "ended"),
+                       turns=len(call.transcript), dtmf="".join(call.dtmf) or "-")
+            )
+            await self._emit("call_ended", call)
+            self.calls.pop(call.id, None)
+
+    async def _builtin_dtmf(
+        self, call: Call, digit: str, speaking: asyncio.Task[Any] | None
+    ) -> asyncio.Task[Any] | None:
+        """The greeting agent's keypad menu; a new key interrupts speech."""
+        if speaking is not None and not speaking.done():
+            speaking.cancel()
+            await asyncio.gather(speaking, return_exceptions=True)
+        if digit == "0":
+            await self._emit("escalation_requested", call, "keypad")
+            if not self.has_handlers("escalation_requested"):
+                return asyncio.create_task(self._say_then_transfer(call))
+            return None
+        if digit == "#":
+            return asyncio.create_task(self._say_then_hangup(call, "Goodbye."))
+        name = {"*": "star"}.get(digit, digit)
+        return asyncio.create_task(call.say(f"You pressed {name}."))
+
+    async def _say_then_transfer(self, call: Call) -> None:
+        await call.say("Connecting you to a person.")
+        try:
+            await self.transfer_to_human(call)
+        except TransferError as exc:
+            logger.error(log.kv(event="transfer_failed", error=exc))
+            await call.say("Sorry, nobody can take your call right now.")
+
+    async def _say_then_hangup(self, call: Call, text: str) -> None:
+        await call.say(text)
+        await call.hangup()
+
+    # serving ---------------------------------------------------------------
+    async def run(self, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
+        """Serve calls until ``stop`` is set (or forever)."""
+        from .audio.pacer import FrameClock
+        from .audio.recorder import WavRecorder
+        from .transports.audiosocket import AudioSocketServer
+
+        s = self.settings
+        host, port = split_hostport(s.audiosocket)
+        if not is_loopback(host) and not s.allow_remote_audiosocket:
+            raise ConfigurationError(
+                f"refusing to listen on {host}: AudioSocket has no authentication. Set "
+                "VOICEOS_ALLOW_REMOTE_AUDIOSOCKET=true and firewall the port to your PBX."
+            )
+        secret = s.resolved_ami_secret()
+        if secret:
+            self.control = AMIController(s.ami_host, s.ami_port, s.ami_username, secret)
+            self.control.start()
+        else:
+            logger.warning(
+                log.kv(event="no_call_control",
+                       hint="set VOICEOS_AMI_SECRET to enable transfers and recording")
+            )
+        # load the speech engine now, not on the first caller's time
+        async for _ in self._tts_provider().stream("ready", 8000):
+            pass
+        recorder = WavRecorder(s.recordings_dir) if s.recordings_dir else None
+        server = AudioSocketServer(
+            self.handle_call,
+            clock=FrameClock(),
+            max_calls=s.max_calls,
+            handshake_timeout=s.handshake_timeout_s,
+            max_frame_bytes=s.max_frame_bytes,
+            lead_frames=s.pacer_lead_frames,
+            max_send_buffer_ms=s.max_send_buffer_ms,
+            recorder=recorder,
+        )
+        self.server = server
+        await server.start(host, port)
+        if ready is not None:
+            ready.set()
+        try:
+            await (stop.wait() if stop is not None else asyncio.Event().wait())
+        finally:
+            await server.close()
+            if self.control is not None:
+                await self.control.close()
+
+    def serve(self) -> None:
+        """Run the bridge in the foreground until Ctrl-C or SIGTERM."""
+        log.setup(self.settings.log_level)
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await self.run(stop=stop)
+
+        asyncio.run(main())

@@ -1,0 +1,1 @@
+"""Audio primitives: PCM frames, resampling, pacing."""

@@ -1,0 +1,209 @@
+"""Drift-free outbound pacing.
+
+A PBX such as Asterisk's AudioSocket does not pace what it receives: audio
+written faster than real time piles up inside it, and then barge-in cannot
+stop it. So every call sends exactly one frame per frame period, scheduled
+from a start time (never ``sleep(0.02)`` in a loop, which drifts), and
+silence whenever the agent has nothing to say (an idle AudioSocket call is
+hung up after 2 s).
+
+One :class:`FrameClock` serves every call in the process: one wake-up per
+20 ms for all of them, instead of one timer per call. Each call owns a
+:class:`Pacer` holding its queue of frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .. import log
+from .clock import Clock, MonotonicClock
+from .pcm import FRAME_MS, frame_bytes
+
+logger = log.get(__name__)
+
+#: After a stall the clock sends at most this many overdue frames per call
+#: in one tick; beyond it, it re-anchors instead of bursting.
+MAX_CATCHUP_FRAMES = 3
+
+
+@dataclass
+class Playout:
+    """A piece of audio handed to the pacer; resolves when sent or cleared."""
+
+    frames: int
+    sent: int = 0
+    done: asyncio.Future[bool] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    @property
+    def interrupted(self) -> bool:
+        return self.done.done() and self.done.result() is False
+
+    @property
+    def sent_ms(self) -> int:
+        return self.sent * FRAME_MS
+
+    async def wait(self) -> bool:
+        """True when every frame went out, False when cleared first."""
+        return await asyncio.shield(self.done)
+
+
+class Pacer:
+    """One call's outbound queue; the shared clock calls :meth:`tick`."""
+
+    def __init__(
+        self,
+        sample_rate: int,
+        write: Callable[[bytes], None],
+        lead_frames: int = 0,
+    ) -> None:
+        if not 0 <= lead_frames <= 3:
+            raise ValueError("lead_frames must be between 0 and 3")
+        self.sample_rate = sample_rate
+        self.frame_size = frame_bytes(sample_rate)
+        self._silence = bytes(self.frame_size)
+        self._write = write
+        self._lead = lead_frames
+        self._queue: collections.deque[tuple[bytes, Playout | None]] = collections.deque()
+        # playouts not yet fully sent, oldest first; the head owns the next frame
+        self._pending: collections.deque[Playout] = collections.deque()
+        self._primed = False
+        self.frames_sent = 0
+        self.audio_frames_sent = 0
+        self.last_audio_sent_at: float | None = None
+
+    @property
+    def queued_frames(self) -> int:
+        return len(self._queue)
+
+    @property
+    def speaking(self) -> bool:
+        return bool(self._queue)
+
+    def enqueue(self, pcm: bytes) -> Playout:
+        """Queue audio; a trailing partial frame is padded with silence."""
+        data = pcm
+        size = self.frame_size
+        n = -(-len(data) // size)  # ceil
+        playout = Playout(frames=n)
+        if n == 0:
+            playout.done.set_result(True)
+            return playout
+        for i in range(n):
+            chunk = data[i * size : (i + 1) * size]
+            if len(chunk) < size:
+                chunk = chunk + bytes(size - len(chunk))
+            self._queue.append((chunk, playout if i == n - 1 else None))
+        self._pending.append(playout)
+        return playout
+
+    def clear(self) -> int:
+        """Drop everything queued (barge-in). Returns the frames dropped."""
+        dropped = len(self._queue)
+        self._queue.clear()
+        while self._pending:
+            playout = self._pending.popleft()
+            if not playout.done.done():
+                playout.done.set_result(False)
+        return dropped
+
+    def tick(self, now: float) -> None:
+        """Send what is due this period: one frame, more when priming the lead."""
+        count = 1
+        if not self._primed:
+            count += self._lead
+            self._primed = True
+        for _ in range(count):
+            self._send_one(now)
+
+    def catch_up(self, now: float, frames: int) -> None:
+        for _ in range(frames):
+            self._send_one(now)
+
+    def _send_one(self, now: float) -> None:
+        if self._queue:
+            chunk, marker = self._queue.popleft()
+            self._write(chunk)
+            self.audio_frames_sent += 1
+            self.last_audio_sent_at = now
+            current = self._pending[0] if self._pending else None
+            if current is not None:
+                current.sent += 1
+            if marker is not None:
+                if self._pending and self._pending[0] is marker:
+                    self._pending.popleft()
+                if not marker.done.done():
+                    marker.done.set_result(True)
+        else:
+            self._write(self._silence)
+        self.frames_sent += 1
+
+
+class FrameClock:
+    """A drift-free 20 ms tick shared by all pacers of one event loop."""
+
+    def __init__(self, clock: Clock | None = None, period_ms: int = FRAME_MS) -> None:
+        self.clock = clock or MonotonicClock()
+        self.period = period_ms / 1000
+        self._pacers: set[Pacer] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self.ticks = 0
+        self.late_ticks = 0
+        self.reanchors = 0
+        self.max_lateness = 0.0
+
+    def add(self, pacer: Pacer) -> None:
+        self._pacers.add(pacer)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="frame-clock")
+
+    def discard(self, pacer: Pacer) -> None:
+        self._pacers.discard(pacer)
+
+    async def close(self) -> None:
+        self._pacers.clear()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        clock = self.clock
+        start = clock.now()
+        n = 0
+        while self._pacers:
+            n += 1
+            deadline = start + n * self.period
+            await clock.sleep_until(deadline)
+            now = clock.now()
+            late = now - deadline
+            self.ticks += 1
+            if late > self.max_lateness:
+                self.max_lateness = late
+            behind = int(late / self.period)
+            if behind > MAX_CATCHUP_FRAMES:
+                # a stall longer than the catch-up budget: keep the cadence
+                # from here rather than bursting a backlog into the PBX
+                self.reanchors += 1
+                logger.warning(log.kv(event="clock_stall", late_ms=round(late * 1000, 1)))
+                start = now - n * self.period
+                behind = 0
+            elif behind:
+                self.late_ticks += 1
+                n += behind
+            for pacer in tuple(self._pacers):
+                try:
+                    pacer.tick(now)
+                    if behind:
+                        pacer.catch_up(now, behind)
+                except Exception:  # a broken call must not stop the clock
+                    logger.exception(log.kv(event="pacer_error"))
+                    self._pacers.discard(pacer)

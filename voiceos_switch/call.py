@@ -1,0 +1,151 @@
+"""A live call as the agent's code sees it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from . import log
+from .audio.pacer import Playout
+from .media import CallMedia
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+logger = log.get(__name__)
+
+
+class TTS(Protocol):
+    name: str
+
+    def stream(self, text: str, sample_rate: int) -> Any: ...
+
+
+@dataclass
+class Turn:
+    """One thing said on the call. ``text`` is what was heard when interrupted."""
+
+    role: str
+    text: str
+    started_at: float
+    ended_at: float | None = None
+    interrupted: bool = False
+    planned_text: str | None = None
+
+
+@dataclass
+class ReviewFlag:
+    reason: str
+    at: float = field(default_factory=time.time)
+
+
+class Call:
+    def __init__(self, agent: Agent, media: CallMedia, tts: TTS) -> None:
+        self.agent = agent
+        self.media = media
+        self._tts = tts
+        self.id = media.call_id
+        self.pbx = media.pbx
+        self.caller = ""
+        self.called = ""
+        self.started_at = time.time()
+        self.ended_at: float | None = None
+        self.transcript: list[Turn] = []
+        self.context: list[Any] = []
+        self.review_flags: list[ReviewFlag] = []
+        self.dtmf: list[str] = []
+        self.transferred_to: str | None = None
+        self._speech: asyncio.Task[Turn] | None = None
+
+    @property
+    def sample_rate(self) -> int:
+        return self.media.sample_rate
+
+    @property
+    def ended(self) -> bool:
+        return self.media.ended
+
+    # speaking ----------------------------------------------------------------
+    async def say(self, text: str) -> Turn:
+        """Speak ``text``; returns when it has been played or interrupted.
+
+        Audio streams to the caller as the TTS produces it. If it is cut
+        short (barge-in, :meth:`stop_speaking`, hangup), the turn records
+        only the part the caller heard.
+        """
+        turn = Turn("agent", text, time.time())
+        self.transcript.append(turn)
+        frame = self.media.sample_rate * 2 // 50
+        carry = b""
+        playouts: list[Playout] = []
+        try:
+            async for chunk in self._tts.stream(text, self.media.sample_rate):
+                if self.media.ended or any(p.interrupted for p in playouts):
+                    break
+                data = carry + chunk
+                whole = len(data) // frame * frame
+                carry = data[whole:]
+                if whole:
+                    playouts.append(self.media.send_audio(data[:whole]))
+            if carry and not self.media.ended and not any(p.interrupted for p in playouts):
+                playouts.append(self.media.send_audio(carry))
+            complete = all([await p.wait() for p in playouts]) and not self.media.ended
+        except asyncio.CancelledError:
+            self.media.clear()
+            complete = False
+            self._finish_turn(turn, playouts, complete)
+            raise
+        self._finish_turn(turn, playouts, complete)
+        await self.agent._emit("transcript", self, turn)
+        return turn
+
+    def _finish_turn(self, turn: Turn, playouts: list[Playout], complete: bool) -> None:
+        turn.ended_at = time.time()
+        if complete:
+            return
+        total = sum(p.frames for p in playouts) or 1
+        heard = sum(p.sent for p in playouts)
+        turn.interrupted = True
+        turn.planned_text = turn.text
+        turn.text = heard_prefix(turn.text, heard / total)
+
+    def stop_speaking(self) -> int:
+        """Cut the agent's voice now; returns frames dropped."""
+        return self.media.clear()
+
+    def play(self, pcm: bytes) -> Playout:
+        """Queue raw PCM16 at the call's rate."""
+        return self.media.send_audio(pcm)
+
+    # control -------------------------------------------------------------
+    async def hangup(self) -> None:
+        await self.media.hangup()
+
+    def inject_context(self, item: Any) -> None:
+        """Add facts for the agent's next turn (text or any JSON-able value)."""
+        self.context.append(item)
+
+    def flag_for_review(self, reason: str) -> None:
+        self.review_flags.append(ReviewFlag(reason))
+        logger.info(log.kv(event="flagged_for_review", reason=reason))
+
+    def transcript_text(self) -> str:
+        return "\n".join(f"{t.role}: {t.text}" for t in self.transcript if t.text)
+
+    def add_caller_text(self, text: str) -> Turn:
+        turn = Turn("caller", text, time.time(), time.time())
+        self.transcript.append(turn)
+        return turn
+
+
+def heard_prefix(text: str, fraction: float) -> str:
+    """The words of ``text`` a listener heard when ``fraction`` of it played."""
+    words = text.split()
+    keep = int(len(words) * max(0.0, min(1.0, fraction)))
+    return " ".join(words[:keep])
+
+
+Handler = Callable[..., Awaitable[Any] | Any]

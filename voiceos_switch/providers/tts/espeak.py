@@ -1,0 +1,138 @@
+"""espeak-ng text to speech, in process, through the library espeakng-loader ships.
+
+The library keeps global state, so every synthesis runs on one dedicated
+thread; audio chunks stream back to the event loop as espeak produces them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from ...audio.pcm import StreamResampler
+
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_POS_CHARACTER = 1
+_ESPEAK_CHARS_UTF8 = 1
+_ESPEAK_RATE = 175
+
+_SynthCallback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+)
+
+
+class TTSError(RuntimeError):
+    pass
+
+
+class _Engine:
+    """The process-wide espeak-ng instance (the library cannot have two)."""
+
+    _instance: _Engine | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        import espeakng_loader
+
+        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        data = espeakng_loader.get_data_path().encode()
+        rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0)
+        if rate <= 0:
+            raise TTSError(f"espeak-ng failed to initialise (code {rate})")
+        self.sample_rate = int(rate)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak")
+        self._sink: list[bytes] | None = None
+        self._on_chunk: object = None
+        self._cancel = threading.Event()
+        self._callback = _SynthCallback(self._collect)
+        self.lib.espeak_SetSynthCallback(self._callback)
+        self.voice: str | None = None
+
+    @classmethod
+    def get(cls) -> _Engine:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def _collect(self, wav: ctypes._Pointer[ctypes.c_short], n: int, _events: int) -> int:
+        if self._cancel.is_set():
+            return 1
+        if n > 0 and wav:
+            data = ctypes.string_at(wav, n * 2)
+            push = self._on_chunk
+            if callable(push):
+                push(data)
+        return 0
+
+    def synth(self, text: str, voice: str, rate: int, push: object, cancel: threading.Event) -> None:
+        """Blocking synthesis on the engine thread; ``push`` gets PCM chunks."""
+        if voice != self.voice:
+            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise TTSError(f"espeak-ng has no voice {voice!r}")
+            self.voice = voice
+        self.lib.espeak_SetParameter(1, rate, 0)  # espeakRATE
+        self._on_chunk = push
+        self._cancel = cancel
+        raw = text.encode("utf-8") + b"\0"
+        try:
+            err = self.lib.espeak_Synth(
+                raw, len(raw), 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None
+            )
+            if err not in (0, 1):  # EE_OK; EE_BUFFER_FULL cannot happen synchronously
+                raise TTSError(f"espeak-ng synthesis failed (code {err})")
+        finally:
+            self._on_chunk = None
+
+
+class EspeakTTS:
+    """Streaming TTS: ``async for pcm in tts.stream(text, rate)``."""
+
+    name = "espeak"
+
+    def __init__(self, voice: str = "en-us", words_per_minute: int = _ESPEAK_RATE) -> None:
+        self.voice = voice
+        self.words_per_minute = words_per_minute
+
+    async def stream(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
+        engine = await asyncio.to_thread(_Engine.get)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def push(chunk: bytes) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+
+        def run() -> None:
+            try:
+                engine.synth(text, self.voice, self.words_per_minute, push, cancel)
+            except BaseException as exc:  # surfaced on the loop side
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        future = loop.run_in_executor(engine.executor, run)
+        resampler = StreamResampler(engine.sample_rate, sample_rate)
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    tail = resampler.process(b"", last=True)
+                    if tail:
+                        yield tail
+                    break
+                if isinstance(item, BaseException):
+                    raise TTSError(f"espeak-ng failed: {item}") from item
+                out = resampler.process(item)
+                if out:
+                    yield out
+        finally:
+            cancel.set()
+            await asyncio.shield(future)
+
+    async def synthesize(self, text: str, sample_rate: int) -> bytes:
+        chunks = [c async for c in self.stream(text, sample_rate)]
+        return b"".join(chunks)

@@ -1,0 +1,119 @@
+"""All configuration in one place: environment variables with the VOICEOS_ prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_state_dir() -> Path:
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "voiceos-switch"
+
+
+def split_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` and a bare ``PORT`` too)."""
+    text = value.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    elif text.isdigit():
+        host, port = default_host, text
+    else:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in {value!r}")
+    return host or default_host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOICEOS_", env_file=None, extra="ignore")
+
+    # Bridge ---------------------------------------------------------------
+    audiosocket: str = Field(
+        "127.0.0.1:9092", description="Address the AudioSocket server listens on."
+    )
+    allow_remote_audiosocket: bool = Field(
+        False,
+        description="Permit a non-loopback AudioSocket listener. AudioSocket has no "
+        "authentication: only enable this on a network you control and firewall it "
+        "to the PBX.",
+    )
+    max_calls: int = Field(1000, ge=1, description="Concurrent calls accepted.")
+    handshake_timeout_s: float = Field(
+        5.0, gt=0, description="A new connection must send its call id within this."
+    )
+    max_frame_bytes: int = Field(16384, ge=320, description="Largest frame accepted.")
+    pacer_lead_frames: int = Field(
+        1, ge=0, le=3, description="Frames the pacer may send ahead of real time."
+    )
+    max_send_buffer_ms: int = Field(
+        2000,
+        ge=100,
+        description="A call whose socket backs up by more than this much audio is dropped.",
+    )
+
+    recordings_dir: Path | None = Field(
+        None, description="Write each call's caller and agent legs as WAV files here."
+    )
+
+    # Asterisk manager -----------------------------------------------------
+    ami_host: str = "127.0.0.1"
+    ami_port: int = 5038
+    ami_username: str = "voiceos"
+    ami_secret: SecretStr | None = Field(
+        None, description="AMI secret. Unset: the managed Asterisk's generated one."
+    )
+
+    # Managed Asterisk (tests and the lab) --------------------------------
+    state_dir: Path = Field(default_factory=default_state_dir)
+    asterisk_root: Path | None = Field(
+        None, description="Sandbox root for the managed Asterisk (default: state_dir/asterisk)."
+    )
+    debian_mirror: str | None = Field(
+        None, description="Debian mirror URI; default: read from this machine's apt sources."
+    )
+    sip_port: int = 5060
+    carrier_sim_port: int = 5062
+    human_extension: str = Field("operator", description="Default human handoff target.")
+
+    # Agent ----------------------------------------------------------------
+    greeting: str = "Hello, you are speaking with the voice OS agent. Press a key on your phone."
+    log_level: str = "INFO"
+
+    @field_validator("audiosocket")
+    @classmethod
+    def _check_addr(cls, v: str) -> str:
+        split_hostport(v)
+        return v
+
+    @property
+    def asterisk_dir(self) -> Path:
+        return self.asterisk_root or (self.state_dir / "asterisk")
+
+    def resolved_ami_secret(self) -> str | None:
+        """The configured AMI secret, or the one the managed Asterisk generated."""
+        if self.ami_secret is not None:
+            return self.ami_secret.get_secret_value()
+        path = self.asterisk_dir / "ami-secret"
+        try:
+            return path.read_text().strip() or None
+        except OSError:
+            return None

@@ -1,0 +1,446 @@
+"""Asterisk AudioSocket server: many calls in one asyncio process.
+
+Each TCP connection is one call. Asterisk sends the call id first, then audio
+(and DTMF) frames; we answer with paced audio and, at the end, a hangup
+frame. Bad input closes that one connection with one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from .. import log
+from ..audio.pacer import FrameClock, Pacer, Playout
+from ..audio.pcm import StreamResampler, frame_bytes
+from ..media import AudioIn, DtmfIn, MediaEnded, MediaEvent
+from ..protocols import audiosocket as proto
+
+logger = log.get(__name__)
+
+#: How long a new call waits for its first audio frame to learn the rate
+#: (8 kHz from ``AudioSocket()``, 16 kHz from ``Dial(AudioSocket/..c(slin16))``).
+#: Asterisk's Answer() holds media up to 500 ms for the caller's first RTP.
+RATE_PROBE_S = 1.0
+#: Inbound audio held for a consumer that falls behind (30 s); older frames drop.
+MAX_INBOUND_FRAMES = 1500
+
+
+@dataclass
+class ServerStats:
+    connections: int = 0
+    calls: int = 0
+    active_connections: int = 0
+    active_calls: int = 0
+    protocol_errors: int = 0
+    handshake_timeouts: int = 0
+    refused: int = 0
+    slow_peers: int = 0
+
+
+class _Inbox:
+    """A bounded event queue: audio beyond the bound drops oldest-first."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[MediaEvent] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._audio = 0
+        self.dropped = 0
+        self.closed = False
+
+    def put(self, event: MediaEvent) -> None:
+        if self.closed:
+            return
+        if isinstance(event, AudioIn):
+            if self._audio >= MAX_INBOUND_FRAMES:
+                self._drop_oldest_audio()
+            self._audio += 1
+        elif isinstance(event, MediaEnded):
+            self.closed = True
+        self._items.append(event)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _drop_oldest_audio(self) -> None:
+        for i, item in enumerate(self._items):
+            if isinstance(item, AudioIn):
+                del self._items[i]
+                self._audio -= 1
+                self.dropped += 1
+                return
+
+    async def get(self) -> MediaEvent:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        item = self._items.popleft()
+        if isinstance(item, AudioIn):
+            self._audio -= 1
+        return item
+
+
+class AudioSocketCall:
+    """One AudioSocket call: implements :class:`voiceos_switch.media.CallMedia`."""
+
+    pbx = "asterisk"
+
+    def __init__(self, conn: _Connection, call_uuid: uuid.UUID) -> None:
+        self._conn = conn
+        self.call_id = str(call_uuid)
+        self.sample_rate = 8000
+        self.started_at = time.time()
+        self._inbox = _Inbox()
+        self._pacer: Pacer | None = None
+        self._ended: MediaEnded | None = None
+        self.frames_in = 0
+        self.dtmf_in = 0
+
+    # CallMedia -------------------------------------------------------------
+    async def events(self) -> AsyncIterator[MediaEvent]:
+        while True:
+            event = await self._inbox.get()
+            yield event
+            if isinstance(event, MediaEnded):
+                return
+
+    def send_audio(self, pcm: bytes) -> Playout:
+        if self._pacer is None:
+            raise RuntimeError("call media is not started yet")
+        if self._ended is not None:
+            playout = Playout(frames=0)
+            playout.done.set_result(False)
+            return playout
+        return self._pacer.enqueue(pcm)
+
+    def clear(self) -> int:
+        return self._pacer.clear() if self._pacer is not None else 0
+
+    async def hangup(self) -> None:
+        self._conn.hangup("agent hung up")
+
+    @property
+    def ended(self) -> bool:
+        return self._ended is not None
+
+    @property
+    def end_reason(self) -> MediaEnded | None:
+        return self._ended
+
+    @property
+    def speaking(self) -> bool:
+        return self._pacer is not None and self._pacer.speaking
+
+    @property
+    def pacer(self) -> Pacer | None:
+        return self._pacer
+
+    # transport side --------------------------------------------------------
+    def _start_media(self, sample_rate: int, pacer: Pacer) -> None:
+        self.sample_rate = sample_rate
+        self._pacer = pacer
+
+    def _push(self, event: MediaEvent) -> None:
+        self._inbox.put(event)
+
+    def _finish(self, ended: MediaEnded) -> None:
+        if self._ended is None:
+            self._ended = ended
+            if self._pacer is not None:
+                self._pacer.clear()
+            self._inbox.put(ended)
+
+
+CallHandler = Callable[[AudioSocketCall], Awaitable[None]]
+
+
+class CallRecording(Protocol):
+    """Both legs of one call as the bridge saw them."""
+
+    def inbound(self, pcm: bytes) -> None: ...
+
+    def outbound(self, pcm: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: AudioSocketServer) -> None:
+        self.server = server
+        self.parser = proto.Parser(max_payload=server.max_frame_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.call: AudioSocketCall | None = None
+        self.peer = "?"
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._pacer: Pacer | None = None
+        self._send_limit = 0
+        self._recording: CallRecording | None = None
+        self._resampler: StreamResampler | None = None
+
+    # asyncio.Protocol ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        srv = self.server
+        srv.stats.connections += 1
+        srv.stats.active_connections += 1
+        srv._live.add(self)
+        if srv.stats.active_calls >= srv.max_calls:
+            srv.stats.refused += 1
+            self._fail(f"refused: {srv.max_calls} calls already active")
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(srv.handshake_timeout, self._handshake_expired)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            frames = self.parser.feed(data)
+        except proto.ProtocolError as exc:
+            self.server.stats.protocol_errors += 1
+            self._fail(f"protocol error: {exc}")
+            return
+        for frame in frames:
+            if self._closed:
+                return
+            self._handle(frame)
+
+    def eof_received(self) -> bool:
+        if self.parser.buffered:
+            self._end(f"connection closed inside a frame ({self.parser.buffered} bytes)", True)
+        else:
+            self._end("remote hung up", False)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed:
+            reason = f"connection lost: {exc}" if exc else "remote hung up"
+            self._end(reason, exc is not None)
+        self.server.stats.active_connections -= 1
+        self.server._live.discard(self)
+
+    # frames ----------------------------------------------------------------
+    def _handle(self, frame: proto.Frame) -> None:
+        call = self.call
+        if isinstance(frame, proto.Audio):
+            if call is None:
+                self.server.stats.protocol_errors += 1
+                self._fail("protocol error: audio before the call id")
+                return
+            if self._pacer is None:
+                self._start(frame.sample_rate)
+            pcm = frame.pcm
+            if frame.sample_rate != call.sample_rate:
+                pcm = self._convert_inbound(pcm, frame.sample_rate, call.sample_rate)
+            call.frames_in += 1
+            if self._recording is not None:
+                self._recording.inbound(pcm)
+            call._push(AudioIn(pcm))
+        elif isinstance(frame, proto.Dtmf):
+            if call is None:
+                self._fail("protocol error: DTMF before the call id")
+                return
+            call.dtmf_in += 1
+            logger.info(log.kv(event="dtmf", digit=frame.digit), extra={"call_id": call.call_id})
+            call._push(DtmfIn(frame.digit))
+        elif isinstance(frame, proto.CallId):
+            if call is not None:
+                self.server.stats.protocol_errors += 1
+                self._fail("protocol error: a second call id on one connection")
+                return
+            self._begin(frame.id)
+        elif isinstance(frame, proto.Hangup):
+            self._end("remote sent hangup", False)
+        elif isinstance(frame, proto.Error):
+            code = "none" if frame.code is None else f"0x{frame.code:02x}"
+            self._end(f"remote sent error frame (code {code})", True)
+
+    def _begin(self, call_uuid: uuid.UUID) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.call = AudioSocketCall(self, call_uuid)
+        self.server.stats.calls += 1
+        self.server.stats.active_calls += 1
+        logger.info(
+            log.kv(event="call_connected", peer=self.peer), extra={"call_id": self.call.call_id}
+        )
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(RATE_PROBE_S, self._start, 8000)
+
+    def _start(self, sample_rate: int) -> None:
+        """Rate known: start the pacer and hand the call to the agent."""
+        if self._pacer is not None or self.call is None or self._closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        call = self.call
+        self._send_limit = frame_bytes(sample_rate, self.server.max_send_buffer_ms)
+        self._pacer = Pacer(sample_rate, self._write_frame, self.server.lead_frames)
+        call._start_media(sample_rate, self._pacer)
+        if self.server.recorder is not None:
+            try:
+                self._recording = self.server.recorder(call.call_id, sample_rate)
+            except OSError as exc:
+                logger.error(log.kv(event="recording_failed", error=exc),
+                             extra={"call_id": call.call_id})
+        self.server.clock.add(self._pacer)
+        self.server._dispatch(call)
+
+    def _convert_inbound(self, pcm: bytes, src: int, dst: int) -> bytes:
+        """The PBX changed its rate mid-call: keep the call's rate, resample."""
+        rs = self._resampler
+        if rs is None or rs.src_rate != src:
+            assert self.call is not None
+            logger.info(log.kv(event="inbound_rate_changed", src_hz=src, call_hz=dst),
+                        extra={"call_id": self.call.call_id})
+            rs = self._resampler = StreamResampler(src, dst)
+        return rs.process(pcm)
+
+    def _write_frame(self, pcm: bytes) -> None:
+        transport = self.transport
+        if transport is None or self._closed or self.call is None:
+            return
+        if transport.get_write_buffer_size() > self._send_limit:
+            self.server.stats.slow_peers += 1
+            self._fail("peer is not reading: send buffer over the limit")
+            return
+        transport.write(proto.encode_audio(pcm, self.call.sample_rate))
+        if self._recording is not None:
+            self._recording.outbound(pcm)
+
+    # endings ---------------------------------------------------------------
+    def _handshake_expired(self) -> None:
+        self.server.stats.handshake_timeouts += 1
+        self._fail(f"no call id within {self.server.handshake_timeout:g} s")
+
+    def hangup(self, reason: str) -> None:
+        """Our side ends the call: a hangup frame, then close."""
+        if self._closed:
+            return
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(proto.encode(proto.Hangup()))
+            self.transport.close()
+        self._end(reason, False)
+
+    def _fail(self, reason: str) -> None:
+        """Bad input: one log line, drop this connection only."""
+        if self._closed:
+            return
+        call_id = self.call.call_id if self.call else "-"
+        logger.warning(
+            log.kv(event="connection_closed", peer=self.peer, reason=reason),
+            extra={"call_id": call_id},
+        )
+        if self.transport is not None:
+            self.transport.abort()
+        self._end(reason, True, logged=True)
+
+    def _end(self, reason: str, error: bool, logged: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pacer is not None:
+            self.server.clock.discard(self._pacer)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        call = self.call
+        if call is not None:
+            self.server.stats.active_calls -= 1
+            if not logged:
+                logger.info(
+                    log.kv(event="call_media_ended", reason=reason, frames_in=call.frames_in),
+                    extra={"call_id": call.call_id},
+                )
+            if self._recording is not None:
+                self._recording.close()
+                self._recording = None
+            call._finish(MediaEnded(reason, error))
+
+
+class AudioSocketServer:
+    """Listens for Asterisk AudioSocket connections and runs ``on_call`` per call."""
+
+    def __init__(
+        self,
+        on_call: CallHandler,
+        *,
+        clock: FrameClock | None = None,
+        max_calls: int = 1000,
+        handshake_timeout: float = 5.0,
+        max_frame_bytes: int = proto.DEFAULT_MAX_PAYLOAD,
+        lead_frames: int = 0,
+        max_send_buffer_ms: int = 2000,
+        recorder: Callable[[str, int], CallRecording] | None = None,
+    ) -> None:
+        self.on_call = on_call
+        self.clock = clock or FrameClock()
+        self.max_calls = max_calls
+        self.handshake_timeout = handshake_timeout
+        self.max_frame_bytes = max_frame_bytes
+        self.lead_frames = lead_frames
+        self.max_send_buffer_ms = max_send_buffer_ms
+        self.recorder = recorder
+        self.stats = ServerStats()
+        self._server: asyncio.Server | None = None
+        self._live: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.address: tuple[str, int] | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 9092) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=True
+        )
+        sock = self._server.sockets[0].getsockname()
+        self.address = (sock[0], sock[1])
+        logger.info(log.kv(event="audiosocket_listening", address=f"{sock[0]}:{sock[1]}"))
+        return self.address
+
+    @property
+    def tasks(self) -> set[asyncio.Task[None]]:
+        return self._tasks
+
+    def _dispatch(self, call: AudioSocketCall) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._run_call(call), name=f"call-{call.call_id}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_call(self, call: AudioSocketCall) -> None:
+        log.call_id_var.set(call.call_id)
+        try:
+            await self.on_call(call)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception(log.kv(event="agent_error"))
+        finally:
+            if not call.ended:
+                await call.hangup()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._live):
+            conn.hangup("bridge shutting down")
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        await self.clock.close()
