@@ -223,8 +223,11 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._closed:
-            reason = f"connection lost: {exc}" if exc else "remote hung up"
-            self._end(reason, exc is not None)
+            # a reset ends a call as plainly as EOF does (Asterisk may do either)
+            if exc is None or isinstance(exc, ConnectionResetError):
+                self._end("remote hung up" if exc is None else "connection reset", False)
+            else:
+                self._end(f"connection lost: {exc}", True)
         self.server.stats.active_connections -= 1
         self.server._live.discard(self)
 
@@ -367,6 +370,11 @@ class _Connection(asyncio.Protocol):
             if self._recording is not None:
                 self._recording.close()
                 self._recording = None
+            if self._pacer is None:
+                # ended before its first audio: the agent still sees the call
+                # start and end, so every call is accounted for
+                call._start_media(8000, Pacer(8000, lambda _pcm: None))
+                self.server._dispatch(call)
             call._finish(MediaEnded(reason, error))
 
 
@@ -402,7 +410,7 @@ class AudioSocketServer:
     async def start(self, host: str = "127.0.0.1", port: int = 9092) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, reuse_address=True
+            lambda: _Connection(self), host, port, reuse_address=True, backlog=1024
         )
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
