@@ -300,6 +300,16 @@ class AsteriskSandbox:
             pid = int((self.root / "run/asterisk/asterisk.pid").read_text().strip())
             os.kill(pid, 9)
 
+    def restart(self) -> None:
+        """Stop and start with freshly rendered configuration."""
+        with self._lock():
+            if not self.installed:
+                self.install()
+            self._mount()
+            self.write_configs()
+            self._stop()
+            self._start()
+
     def down(self) -> None:
         with self._lock():
             if not self.installed:

@@ -59,13 +59,15 @@ def write_wav(path: Path, pcm: bytes, rate: int) -> None:
 
 def build_script(
     play: str | None = None, dtmf: str | None = None, delay: float = 1.0, hold: float = 3.0,
-    hangup: bool = True,
+    hangup: bool = True, dtmf_delay: float = 0.0,
 ) -> str:
     steps = []
     if delay > 0:
         steps.append(f"wait:{delay:g}")
     if play:
         steps.append(f"play:{play}")
+    if dtmf and dtmf_delay > 0:
+        steps.append(f"wait:{dtmf_delay:g}")
     if dtmf:
         steps.append(f"dtmf:{dtmf}")
     if hold > 0:
@@ -83,6 +85,7 @@ async def place_call(
     dtmf: str | None = None,
     delay: float = 1.0,
     hold: float = 3.0,
+    dtmf_delay: float = 0.0,
     script: str | None = None,
     caller_id: str = "15550100",
     timeout: float = 120.0,
@@ -103,7 +106,7 @@ async def place_call(
             pcm, rate = read_wav_mono16(play)
             write_wav(host_dir / "play.wav", resample(pcm, rate, 8000), 8000)
             play_ref = f"{inside_dir}/play"
-        script = build_script(play_ref, dtmf, delay, hold)
+        script = build_script(play_ref, dtmf, delay, hold, dtmf_delay=dtmf_delay)
     if "," in script:
         raise ValueError("a caller script cannot contain commas")
 
