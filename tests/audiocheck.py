@@ -17,9 +17,11 @@ def find(haystack: bytes, needle: bytes) -> tuple[float, float]:
     if len(n) == 0 or len(h) < len(n):
         return 0.0, 0.0
     size = 1 << int(np.ceil(np.log2(len(h) + len(n))))
-    corr = np.fft.irfft(np.fft.rfft(h, size) * np.conj(np.fft.rfft(n, size)), size)[: len(h) - len(n) + 1]
+    corr = np.fft.irfft(np.fft.rfft(h, size) * np.conj(np.fft.rfft(n, size)), size)[
+        : len(h) - len(n) + 1
+    ]
     energy = np.concatenate(([0.0], np.cumsum(h * h)))
-    window = energy[len(n):] - energy[: len(h) - len(n) + 1]
+    window = energy[len(n) :] - energy[: len(h) - len(n) + 1]
     denom = np.sqrt(np.maximum(window, 1e-9) * float(np.dot(n, n)))
     score = np.abs(corr) / denom
     score[window < 1e-3 * float(np.dot(n, n))] = 0.0  # ignore near-silent windows

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import log
-from .call import Call, Handler, TTS
+from .call import TTS, Call, Handler
 from .control.ami import AMIController, AMIError
 from .media import AudioIn, CallMedia, DtmfIn, MediaEnded
 from .settings import Settings, is_loopback, split_hostport
@@ -174,8 +174,12 @@ class Agent:
             call.ended_at = time.time()
             reason = getattr(media, "end_reason", None)
             logger.info(
-                log.kv(event="call_ended", reason=getattr(reason, "reason", "ended"),
-                       turns=len(call.transcript), dtmf="".join(call.dtmf) or "-")
+                log.kv(
+                    event="call_ended",
+                    reason=getattr(reason, "reason", "ended"),
+                    turns=len(call.transcript),
+                    dtmf="".join(call.dtmf) or "-",
+                )
             )
             await self._emit("call_ended", call)
             self.calls.pop(call.id, None)
@@ -210,7 +214,9 @@ class Agent:
         await call.hangup()
 
     # serving ---------------------------------------------------------------
-    async def run(self, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
+    async def run(
+        self, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
+    ) -> None:
         """Serve calls until ``stop`` is set (or forever)."""
         from .audio.pacer import FrameClock
         from .audio.recorder import WavRecorder
@@ -229,8 +235,10 @@ class Agent:
             self.control.start()
         else:
             logger.warning(
-                log.kv(event="no_call_control",
-                       hint="set VOICEOS_AMI_SECRET to enable transfers and recording")
+                log.kv(
+                    event="no_call_control",
+                    hint="set VOICEOS_AMI_SECRET to enable transfers and recording",
+                )
             )
         # load the speech engine now, not on the first caller's time
         async for _ in self._tts_provider().stream("ready", 8000):
@@ -245,6 +253,7 @@ class Agent:
             lead_frames=s.pacer_lead_frames,
             max_send_buffer_ms=s.max_send_buffer_ms,
             recorder=recorder,
+            rate_hint=self._rate_hint,
         )
         self.server = server
         await server.start(host, port)
@@ -256,6 +265,10 @@ class Agent:
             await server.close()
             if self.control is not None:
                 await self.control.close()
+
+    def _rate_hint(self, call_id: str) -> int | None:
+        info = self.control.channels.get(call_id) if self.control is not None else None
+        return info.rate if info is not None else None
 
     def serve(self) -> None:
         """Run the bridge in the foreground until Ctrl-C or SIGTERM."""

@@ -48,7 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["audiosocket"] = args.audiosocket
     if args.record_dir:
         overrides["recordings_dir"] = Path(args.record_dir)
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings = Settings(**overrides)
     try:
         if args.agent:
             agent = load_agent(args.agent)
@@ -74,8 +74,13 @@ def cmd_call(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(
             place_call(
-                args.to, play=play, dtmf=args.dtmf, delay=args.delay, hold=args.hold,
-                caller_id=args.caller_id, timeout=args.timeout,
+                args.to,
+                play=play,
+                dtmf=args.dtmf,
+                delay=args.delay,
+                hold=args.hold,
+                caller_id=args.caller_id,
+                timeout=args.timeout,
             )
         )
     except (AsteriskError, ValueError) as exc:
@@ -107,9 +112,22 @@ def cmd_asterisk(args: argparse.Namespace) -> int:
         elif args.action == "down":
             sandbox.down()
         elif args.action == "status":
-            print("running" if sandbox.running() else ("stopped" if sandbox.installed else "not installed"))
+            print(
+                "running"
+                if sandbox.running()
+                else ("stopped" if sandbox.installed else "not installed")
+            )
         elif args.action == "cli":
             print(sandbox.cli(" ".join(args.command)), end="")
+        elif args.action == "config":
+            out = Path(args.out or "asterisk-rendered")
+            out.mkdir(parents=True, exist_ok=True)
+            for name, text in sandbox.rendered_configs(lab=args.lab).items():
+                (out / name).write_text(text)
+            print(
+                f"wrote {out}/ : copy these files to /etc/asterisk on your PBX "
+                "(manager.conf holds the AMI secret: keep it mode 640)"
+            )
     except AsteriskError as exc:
         return _fail(str(exc))
     return 0
@@ -122,8 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     serve = sub.add_parser("serve", help="run the bridge (AudioSocket server and agent)")
-    serve.add_argument("--audiosocket", metavar="HOST:PORT",
-                       help="listen address (default 127.0.0.1:9092, or VOICEOS_AUDIOSOCKET)")
+    serve.add_argument(
+        "--audiosocket",
+        metavar="HOST:PORT",
+        help="listen address (default 127.0.0.1:9092, or VOICEOS_AUDIOSOCKET)",
+    )
     serve.add_argument("--agent", metavar="MODULE:ATTR", help="your Agent, e.g. app:agent")
     serve.add_argument("--record-dir", metavar="DIR", help="write both legs of each call as WAV")
     serve.set_defaults(func=cmd_serve)
@@ -141,9 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     call.set_defaults(func=cmd_call)
 
     ast = sub.add_parser("asterisk", help="the managed Asterisk 22 for tests and the lab")
-    ast.add_argument("action", choices=["up", "down", "status", "cli"])
+    ast.add_argument("action", choices=["up", "down", "status", "cli", "config"])
     ast.add_argument("command", nargs="*", help="with cli: the Asterisk CLI command")
     ast.add_argument("--reinstall", action="store_true", help="with up: rebuild the root")
+    ast.add_argument("--out", metavar="DIR", help="with config: where to write the rendered files")
+    ast.add_argument("--lab", action="store_true", help="with config: include the lab carrier")
     ast.set_defaults(func=cmd_asterisk)
     return parser
 

@@ -58,9 +58,7 @@ async def test_caller_and_agent_hear_each_other_and_dtmf_arrives(
     bridge: Bridge, caller_wav: Path
 ) -> None:
     # the caller talks over the greeting, then presses 5 once it has finished
-    result = await place_call(
-        "100", play=caller_wav, dtmf="5", delay=0.5, dtmf_delay=2.0, hold=3.0
-    )
+    result = await place_call("100", play=caller_wav, dtmf="5", delay=0.5, dtmf_delay=2.0, hold=3.0)
     assert result.answered and result.heard is not None
     (call,) = await bridge.wait_calls(1)
 
@@ -129,6 +127,11 @@ async def test_transfer_to_a_human_over_ami_with_the_transcript(
         await watcher.close()
     (call,) = await bridge.wait_calls(1)
     assert call.transferred_to == "operator"
+    # a silent caller sends no frames, yet the greeting starts at once: the
+    # media rate came over AMI with the call id
+    sent_agent, rate = read_wav_mono16(bridge.recording(call, "agent"))
+    first_sound = next(i for i, b in enumerate(sent_agent[::2]) if b) / rate
+    assert first_sound < 0.3
     # the bridge's media ended because Asterisk moved the channel away
     assert call.media.end_reason.reason == "remote hung up"  # type: ignore[attr-defined]
     assert len(handoffs) == 1

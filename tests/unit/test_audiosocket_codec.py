@@ -20,7 +20,8 @@ frames = st.one_of(
     st.sampled_from(sorted(p.DTMF_DIGITS)).map(p.Dtmf),
     st.builds(
         p.Audio,
-        st.integers(0, 400).map(lambda n: bytes(range(256)) * (n // 128) + bytes(n % 2 * 0))
+        st.integers(0, 400)
+        .map(lambda n: bytes(range(256)) * (n // 128) + bytes(n % 2 * 0))
         .map(lambda b: b[: len(b) // 2 * 2]),
         st.sampled_from(sorted(p.RATE_KINDS)),
     ),

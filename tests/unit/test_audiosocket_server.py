@@ -133,8 +133,12 @@ async def test_every_kind_of_end_finishes_the_call(server: AudioSocketServer, en
     events = server.agent.calls[str(cid)]  # type: ignore[attr-defined]
     assert isinstance(events[-1], MediaEnded)
     assert events[-1].error == (end == "error")
-    expected = {"eof": "remote hung up", "hangup": "remote sent hangup",
-                "error": "remote sent error frame (code 0x03)", "reset": "connection reset"}
+    expected = {
+        "eof": "remote hung up",
+        "hangup": "remote sent hangup",
+        "error": "remote sent error frame (code 0x03)",
+        "reset": "connection reset",
+    }
     assert events[-1].reason == expected[end]
 
 

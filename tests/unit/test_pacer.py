@@ -119,7 +119,9 @@ class StallingClock(VirtualClock):
 
 
 @pytest.mark.parametrize(("stall_s", "expect_catchup"), [(0.05, True), (0.5, False)])
-async def test_after_a_stall_catch_up_a_little_or_reanchor(stall_s: float, expect_catchup: bool) -> None:
+async def test_after_a_stall_catch_up_a_little_or_reanchor(
+    stall_s: float, expect_catchup: bool
+) -> None:
     vclock = StallingClock(stall_at=5, stall_s=stall_s)
     fclock = FrameClock(vclock)
     wire = Wire(vclock)

@@ -32,6 +32,7 @@ class ChannelInfo:
     uniqueid: str = ""
     caller: str = ""
     called: str = ""
+    rate: int | None = None
 
 
 def one_line(text: str, limit: int = 2000) -> str:
@@ -55,8 +56,9 @@ class _Manager(Manager):  # type: ignore[misc]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connected = False
-        if self.pinger:
-            self.pinger.cancel()
+        pinger: asyncio.TimerHandle | None = getattr(self, "pinger", None)
+        if pinger is not None:
+            pinger.cancel()
             self.pinger = None
         self._owner._lost(exc)
 
@@ -193,6 +195,7 @@ class AMIController:
                 uniqueid=event.get("Uniqueid", ""),
                 caller=event.get("Caller", ""),
                 called=event.get("Called", ""),
+                rate=int(event["Rate"]) if event.get("Rate", "").isdigit() else None,
             )
             if info.call_id:
                 self.channels[info.call_id] = info
@@ -261,8 +264,12 @@ class AMIController:
     async def set_var(self, call_id: str, name: str, value: str) -> None:
         info = await self.channel_for(call_id)
         await self.action(
-            {"Action": "Setvar", "Channel": info.channel, "Variable": name,
-             "Value": one_line(value)}
+            {
+                "Action": "Setvar",
+                "Channel": info.channel,
+                "Variable": name,
+                "Value": one_line(value),
+            }
         )
 
     async def hangup(self, call_id: str) -> None:
@@ -274,8 +281,13 @@ class AMIController:
     ) -> None:
         info = await self.channel_for(call_id)
         await self.action(
-            {"Action": "Redirect", "Channel": info.channel, "Context": context,
-             "Exten": exten, "Priority": str(priority)}
+            {
+                "Action": "Redirect",
+                "Channel": info.channel,
+                "Context": context,
+                "Exten": exten,
+                "Priority": str(priority),
+            }
         )
 
     async def start_recording(self, call_id: str, path: str, options: str = "") -> None:

@@ -63,10 +63,8 @@ def debian_mirror() -> str:
             continue
         for uri in re.findall(r"^\s*(?:URIs:|deb(?:\s+\[[^\]]*\])?)\s+(\S+)", text, re.M):
             if uri.rstrip("/").endswith("/debian"):
-                return uri
-    raise AsteriskError(
-        "no Debian mirror found in /etc/apt/sources*; set VOICEOS_DEBIAN_MIRROR"
-    )
+                return str(uri)
+    raise AsteriskError("no Debian mirror found in /etc/apt/sources*; set VOICEOS_DEBIAN_MIRROR")
 
 
 class AsteriskSandbox:
@@ -109,9 +107,7 @@ class AsteriskSandbox:
             raise AsteriskError("the managed Asterisk needs root (debootstrap, chroot, mount)")
         for tool in ("debootstrap", "chroot", "mount"):
             if shutil.which(tool) is None:
-                raise AsteriskError(
-                    f"{tool} is not installed; run: apt-get install -y debootstrap"
-                )
+                raise AsteriskError(f"{tool} is not installed; run: apt-get install -y debootstrap")
         mirror = self.settings.debian_mirror or debian_mirror()
         if self.root.exists():
             self._unmount()
@@ -119,18 +115,33 @@ class AsteriskSandbox:
         started = time.monotonic()
         _say(f"1/3 debootstrap Debian sid into {self.root} (about 30 s)")
         self._run(
-            ["debootstrap", "--variant=minbase", "--include=ca-certificates", "sid",
-             str(self.root), mirror],
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=ca-certificates",
+                "sid",
+                str(self.root),
+                mirror,
+            ],
             "debootstrap",
         )
         self._mount()
         _say("2/3 apt-get update in the root")
-        self._chroot(["apt-get", "-q", "-o", "Acquire::Check-Valid-Until=false", "update"],
-                     "apt-get update")
+        self._chroot(
+            ["apt-get", "-q", "-o", "Acquire::Check-Valid-Until=false", "update"], "apt-get update"
+        )
         _say(f"3/3 installing {', '.join(PACKAGES)} (about 30 s)")
         self._chroot(
-            ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
-             "--no-install-recommends", *PACKAGES],
+            [
+                "env",
+                "DEBIAN_FRONTEND=noninteractive",
+                "apt-get",
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                *PACKAGES,
+            ],
             "apt-get install",
         )
         self._chroot(["apt-get", "clean"], "apt-get clean")
@@ -233,7 +244,9 @@ class AsteriskSandbox:
             fields = line.split(":")
             if fields[0] == "asterisk":
                 return int(fields[2]), int(fields[3])
-        raise AsteriskError("the root has no asterisk user; reinstall with `asterisk up --reinstall`")
+        raise AsteriskError(
+            "the root has no asterisk user; reinstall with `asterisk up --reinstall`"
+        )
 
     # lifecycle ---------------------------------------------------------------
     def running(self) -> bool:
@@ -272,13 +285,17 @@ class AsteriskSandbox:
         run.mkdir(parents=True, exist_ok=True)
         uid, gid = self.asterisk_ids()
         os.chown(run, uid, gid)
-        self._run(["chroot", str(self.root), "asterisk", "-U", "asterisk", "-G", "asterisk"],
-                  "starting asterisk")
+        self._run(
+            ["chroot", str(self.root), "asterisk", "-U", "asterisk", "-G", "asterisk"],
+            "starting asterisk",
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             proc = subprocess.run(
                 ["chroot", str(self.root), "asterisk", "-rx", "core waitfullybooted"],
-                capture_output=True, text=True, timeout=15,
+                capture_output=True,
+                text=True,
+                timeout=15,
             )
             if proc.returncode == 0 and "fully booted" in proc.stdout.lower():
                 _say(f"Asterisk is up ({time.monotonic() - started:.1f} s)")
@@ -291,7 +308,8 @@ class AsteriskSandbox:
             return
         subprocess.run(
             ["chroot", str(self.root), "asterisk", "-rx", "core stop now"],
-            capture_output=True, timeout=15,
+            capture_output=True,
+            timeout=15,
         )
         deadline = time.monotonic() + 10
         while self.running() and time.monotonic() < deadline:
@@ -321,10 +339,14 @@ class AsteriskSandbox:
 
     def cli(self, command: str) -> str:
         if not self.running():
-            raise AsteriskError("Asterisk is not running; start it with `voiceos-switch asterisk up`")
+            raise AsteriskError(
+                "Asterisk is not running; start it with `voiceos-switch asterisk up`"
+            )
         proc = subprocess.run(
             ["chroot", str(self.root), "asterisk", "-rx", command],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         if proc.returncode != 0:
             raise AsteriskError(f"asterisk -rx failed: {proc.stderr.strip()}")

@@ -58,8 +58,12 @@ def write_wav(path: Path, pcm: bytes, rate: int) -> None:
 
 
 def build_script(
-    play: str | None = None, dtmf: str | None = None, delay: float = 1.0, hold: float = 3.0,
-    hangup: bool = True, dtmf_delay: float = 0.0,
+    play: str | None = None,
+    dtmf: str | None = None,
+    delay: float = 1.0,
+    hold: float = 3.0,
+    hangup: bool = True,
+    dtmf_delay: float = 0.0,
 ) -> str:
     steps = []
     if delay > 0:
@@ -128,7 +132,11 @@ async def place_call(
             if event.get("Response") == "Failure":
                 state["cause"] = f"originate failed: {event.get('Reason', '?')}"
                 finished.set()
-        elif name == "Hangup" and state.get("uniqueid") and event.get("Uniqueid") == state["uniqueid"]:
+        elif (
+            name == "Hangup"
+            and state.get("uniqueid")
+            and event.get("Uniqueid") == state["uniqueid"]
+        ):
             state["cause"] = event.get("Cause-txt", event.get("Cause", "?"))
             finished.set()
 

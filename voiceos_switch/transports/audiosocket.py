@@ -276,6 +276,10 @@ class _Connection(asyncio.Protocol):
         logger.info(
             log.kv(event="call_connected", peer=self.peer), extra={"call_id": self.call.call_id}
         )
+        hint = self.server.rate_hint(self.call.call_id) if self.server.rate_hint else None
+        if hint in proto.RATE_KINDS:
+            self._start(hint)  # the PBX told the control plane; no need to wait
+            return
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(RATE_PROBE_S, self._start, 8000)
 
@@ -294,8 +298,9 @@ class _Connection(asyncio.Protocol):
             try:
                 self._recording = self.server.recorder(call.call_id, sample_rate)
             except OSError as exc:
-                logger.error(log.kv(event="recording_failed", error=exc),
-                             extra={"call_id": call.call_id})
+                logger.error(
+                    log.kv(event="recording_failed", error=exc), extra={"call_id": call.call_id}
+                )
         self.server.clock.add(self._pacer)
         self.server._dispatch(call)
 
@@ -304,8 +309,10 @@ class _Connection(asyncio.Protocol):
         rs = self._resampler
         if rs is None or rs.src_rate != src:
             assert self.call is not None
-            logger.info(log.kv(event="inbound_rate_changed", src_hz=src, call_hz=dst),
-                        extra={"call_id": self.call.call_id})
+            logger.info(
+                log.kv(event="inbound_rate_changed", src_hz=src, call_hz=dst),
+                extra={"call_id": self.call.call_id},
+            )
             rs = self._resampler = StreamResampler(src, dst)
         return rs.process(pcm)
 
@@ -392,6 +399,7 @@ class AudioSocketServer:
         lead_frames: int = 0,
         max_send_buffer_ms: int = 2000,
         recorder: Callable[[str, int], CallRecording] | None = None,
+        rate_hint: Callable[[str], int | None] | None = None,
     ) -> None:
         self.on_call = on_call
         self.clock = clock or FrameClock()
@@ -401,6 +409,8 @@ class AudioSocketServer:
         self.lead_frames = lead_frames
         self.max_send_buffer_ms = max_send_buffer_ms
         self.recorder = recorder
+        #: the call's media rate if the control plane already knows it
+        self.rate_hint = rate_hint
         self.stats = ServerStats()
         self._server: asyncio.Server | None = None
         self._live: weakref.WeakSet[_Connection] = weakref.WeakSet()

@@ -68,7 +68,9 @@ class _Engine:
                 push(data)
         return 0
 
-    def synth(self, text: str, voice: str, rate: int, push: object, cancel: threading.Event) -> None:
+    def synth(
+        self, text: str, voice: str, rate: int, push: object, cancel: threading.Event
+    ) -> None:
         """Blocking synthesis on the engine thread; ``push`` gets PCM chunks."""
         if voice != self.voice:
             if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:

@@ -1,0 +1,267 @@
+"""Outbound pacing under load: N concurrent AudioSocket calls on loopback.
+
+The bridge runs in its own process (the real AudioSocketServer and frame
+clock, with an agent that talks non-stop). A load generator in a second
+process plays Asterisk: it opens N calls, sends 20 ms caller frames on its
+own clock, and timestamps every frame the bridge sends back. Reported per N:
+
+- interval jitter: |arrival gap - 20 ms| over all calls, p50 / p99 / max,
+  as seen by the receiver (includes the receiver's own scheduling noise);
+- bridge-side tick lateness (when the frame clock actually woke versus its
+  schedule), p50 / p99 / max;
+- bridge CPU (percent of one core) and resident memory per call.
+
+    .venv/bin/python bench/pacing.py               # 1, 50, 200, 500 calls
+    .venv/bin/python bench/pacing.py --calls 200 --seconds 20 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+FRAME = 0.02
+PHASES = 10
+
+
+# --------------------------------------------------------------------------
+# the bridge process
+# --------------------------------------------------------------------------
+def serve(port: int) -> None:
+    from voiceos_switch.audio import pacer as pacer_mod
+    from voiceos_switch.audio.pcm import tone
+    from voiceos_switch.transports.audiosocket import AudioSocketCall, AudioSocketServer
+
+    lateness: list[float] = []
+    wakes: list[float] = []
+
+    async def talk(call: AudioSocketCall) -> None:
+        """An agent that never stops talking: the pacer always has audio."""
+        speech = tone((440.0, 660.0), 1000, call.sample_rate)
+
+        async def feed() -> None:
+            while not call.ended:
+                if call.pacer is not None and call.pacer.queued_frames < 25:
+                    call.send_audio(speech)
+                await asyncio.sleep(0.2)
+
+        feeder = asyncio.create_task(feed())
+        async for _ in call.events():
+            pass
+        feeder.cancel()
+
+    class MeasuredClock(pacer_mod.MonotonicClock):
+        async def sleep_until(self, deadline: float) -> None:
+            await super().sleep_until(deadline)
+            now = time.monotonic()
+            lateness.append(now - deadline)
+            wakes.append(now)
+
+    async def main() -> None:
+        clock = pacer_mod.FrameClock(MeasuredClock())
+        server = AudioSocketServer(talk, clock=clock, max_calls=10_000, handshake_timeout=30)
+        await server.start("127.0.0.1", port)
+        print("ready", flush=True)
+        loop = asyncio.get_running_loop()
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        while line.strip() == "reset":
+            lateness.clear()
+            wakes.clear()
+            print("ok", flush=True)
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+        if line.strip() == "stats":
+            gaps = [abs(b - a - FRAME) for a, b in zip(wakes, wakes[1:], strict=False)]
+            print(
+                json.dumps(
+                    {
+                        "lateness_ms": _pcts(lateness, 1000.0),
+                        "tick_jitter_ms": _pcts(gaps, 1000.0),
+                        "reanchors": clock.reanchors,
+                    }
+                ),
+                flush=True,
+            )
+        await server.close()
+
+    asyncio.run(main())
+
+
+def _pcts(values: list[float], scale: float = 1.0) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p99": 0.0, "max": 0.0}
+    v = sorted(values)
+    return {
+        "p50": round(v[len(v) // 2] * scale, 3),
+        "p99": round(v[min(len(v) - 1, int(len(v) * 0.99))] * scale, 3),
+        "max": round(v[-1] * scale, 3),
+    }
+
+
+# --------------------------------------------------------------------------
+# the load generator (the PBX side)
+# --------------------------------------------------------------------------
+class FakeAsterisk(asyncio.Protocol):
+    FRAME_BYTES = 3 + 320
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = 0
+        self.arrivals: list[int] = []
+        self.recording = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(b"\x01\x00\x10" + uuid.uuid4().bytes)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic_ns()
+        self.buf += len(data)
+        while self.buf >= self.FRAME_BYTES:
+            self.buf -= self.FRAME_BYTES
+            if self.recording:
+                self.arrivals.append(now)
+
+
+async def load(port: int, calls: int, seconds: float, warmup: float) -> dict[str, object]:
+    loop = asyncio.get_running_loop()
+    peers: list[FakeAsterisk] = []
+    for i in range(calls):
+        _, proto = await loop.create_connection(FakeAsterisk, "127.0.0.1", port)
+        peers.append(proto)
+        if i % 50 == 49:
+            await asyncio.sleep(0.01)
+    caller_frame = b"\x10\x01\x40" + bytes(320)
+    # Asterisk runs each channel on its own timer, so calls' frames arrive
+    # spread over the 20 ms period, not in one burst: send in 10 phase groups
+    groups = [peers[g::PHASES] for g in range(PHASES)]
+    step = FRAME / PHASES
+    start = time.monotonic()
+    n = 0
+    end = start + warmup + seconds
+    while True:
+        n += 1
+        deadline = start + n * step
+        if deadline > end:
+            break
+        delay = deadline - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if not peers[0].recording and time.monotonic() - start >= warmup:
+            for p in peers:
+                p.recording = True
+        for p in groups[n % PHASES]:
+            if p.transport is not None:
+                p.transport.write(caller_frame)
+    for p in peers:
+        p.recording = False
+        if p.transport is not None:
+            p.transport.close()
+    jitter: list[float] = []
+    frames = 0
+    for p in peers:
+        a = p.arrivals
+        frames += len(a)
+        jitter += [abs((b - x) / 1e6 - FRAME * 1000) for x, b in zip(a, a[1:], strict=False)]
+    expected = calls * seconds / FRAME
+    return {
+        "jitter_ms": _pcts(jitter),
+        "frames_received": frames,
+        "frames_expected": int(expected),
+    }
+
+
+def run_one(calls: int, seconds: float, port: int) -> dict[str, object]:
+    import psutil
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    bridge = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert bridge.stdout is not None and bridge.stdin is not None
+    if bridge.stdout.readline().strip() != "ready":
+        raise SystemExit("bridge process failed to start")
+    proc = psutil.Process(bridge.pid)
+    rss_idle = proc.memory_info().rss
+    warmup = 2.0
+
+    async def measure() -> dict[str, object]:
+        task = asyncio.create_task(load(port, calls, seconds, warmup))
+        await asyncio.sleep(warmup)
+        bridge.stdin.write("reset\n")  # type: ignore[union-attr]
+        bridge.stdin.flush()  # type: ignore[union-attr]
+        cpu0 = proc.cpu_times()
+        t0 = time.monotonic()
+        await asyncio.sleep(seconds * 0.9)
+        cpu1 = proc.cpu_times()
+        t1 = time.monotonic()
+        rss = proc.memory_info().rss
+        result = await task
+        result["bridge_cpu_pct"] = round(
+            ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (t1 - t0) * 100, 1
+        )
+        result["bridge_rss_mb"] = round(rss / 2**20, 1)
+        result["rss_per_call_kb"] = round((rss - rss_idle) / calls / 1024, 1)
+        return result
+
+    result = asyncio.run(measure())
+    bridge.stdout.readline()  # "ok" after reset
+    bridge.stdin.write("stats\n")
+    bridge.stdin.flush()
+    stats = json.loads(bridge.stdout.readline())
+    bridge.wait(10)
+    result.update(
+        calls=calls,
+        seconds=seconds,
+        bridge_tick_lateness_ms=stats["lateness_ms"],
+        bridge_tick_jitter_ms=stats["tick_jitter_ms"],
+        reanchors=stats["reanchors"],
+    )
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--calls", type=int, nargs="*", default=[1, 50, 200, 500])
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--port", type=int, default=19092)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    results = []
+    print(
+        f"{'calls':>5} {'rx jitter p50/p99/max ms':>24} {'tx jitter p50/p99/max ms':>26} "
+        f"{'cpu %':>6} {'KB/call':>8} {'frames':>14}"
+    )
+    for n in args.calls:
+        r = run_one(n, args.seconds, args.port)
+        results.append(r)
+        j, t = r["jitter_ms"], r["bridge_tick_jitter_ms"]
+        print(
+            f"{n:>5} {j['p50']:>8.3f}/{j['p99']:.3f}/{j['max']:<8.3f} "  # type: ignore[index]
+            f"{t['p50']:>10.3f}/{t['p99']:.3f}/{t['max']:<8.3f} "  # type: ignore[index]
+            f"{r['bridge_cpu_pct']:>6} {r['rss_per_call_kb']:>8} "
+            f"{r['frames_received']:>7}/{r['frames_expected']}",
+            flush=True,
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()
