@@ -24,6 +24,7 @@ def asterisk() -> Iterator[AsteriskSandbox]:
     sandbox.restart()
     sandbox.boot_log_offset = offset  # type: ignore[attr-defined]
     yield sandbox
+    sandbox.down()
 
 
 @dataclass

@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -279,7 +280,28 @@ class AsteriskSandbox:
                 self._stop()
             self._start()
 
+    def _ports_free(self) -> None:
+        """Refuse to start beside another PBX holding our loopback ports."""
+        s = self.settings
+        checks = [
+            (socket.SOCK_DGRAM, s.sip_port, "SIP"),
+            (socket.SOCK_DGRAM, s.carrier_sim_port, "lab carrier SIP"),
+            (socket.SOCK_STREAM, s.ami_port, "AMI"),
+        ]
+        for kind, port, what in checks:
+            with socket.socket(socket.AF_INET, kind) as sock:
+                if kind == socket.SOCK_STREAM:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    raise AsteriskError(
+                        f"127.0.0.1:{port} ({what}) is in use: is another Asterisk running? "
+                        "Stop it, or set VOICEOS_SIP_PORT / VOICEOS_AMI_PORT"
+                    ) from None
+
     def _start(self) -> None:
+        self._ports_free()
         started = time.monotonic()
         run = self.root / "run/asterisk"
         run.mkdir(parents=True, exist_ok=True)
