@@ -46,7 +46,11 @@ class ConfigurationError(ValueError):
     """The agent cannot run as configured; the message says what to change."""
 
 
-class TransferError(RuntimeError):
+class CallControlError(RuntimeError):
+    """A call-control action (over AMI) could not be carried out."""
+
+
+class TransferError(CallControlError):
     pass
 
 
@@ -114,26 +118,75 @@ class Agent:
                 logger.exception(log.kv(event="handler_error", handler=event))
 
     # call control ------------------------------------------------------------
+    def _require_control(
+        self, what: str, error: type[CallControlError] = CallControlError
+    ) -> AMIController:
+        if self.control is None:
+            raise error(f"cannot {what}: the bridge has no AMI connection")
+        return self.control
+
     async def transfer_to_human(
-        self, call: Call, target: str | None = None, include_transcript: bool = True
+        self,
+        call: Call,
+        target: str | None = None,
+        include_transcript: bool = True,
+        via: str = "redirect",
     ) -> None:
-        """Hand the caller to a human (``voiceos-humans`` dialplan context).
+        """Hand the caller to a human (``voiceos-humans,<target>,1`` in the dialplan).
 
         The transcript so far goes with the call as the channel variable
         ``VOICEOS_TRANSCRIPT`` when ``include_transcript`` is true.
+        ``via="redirect"`` moves the channel with AMI Redirect at once;
+        ``via="dialplan"`` sets ``VOICEOS_HANDOFF`` and ends the media
+        session, so the ``voiceos-agent`` Gosub returns the target and the
+        inbound context dials it.
         """
+        if via not in ("redirect", "dialplan"):
+            raise ValueError(f"via must be 'redirect' or 'dialplan', not {via!r}")
         target = target or self.human_target
-        if self.control is None:
-            raise TransferError("no call control: the bridge has no AMI connection")
+        control = self._require_control(f"transfer to {target}", TransferError)
         try:
             if include_transcript:
-                await self.control.set_var(call.id, "VOICEOS_TRANSCRIPT", call.transcript_text())
-            await self.control.set_var(call.id, "VOICEOS_HANDOFF", target)
-            await self.control.redirect(call.id, target)
+                await control.set_var(call.id, "VOICEOS_TRANSCRIPT", call.transcript_text())
+            await control.set_var(call.id, "VOICEOS_HANDOFF", target)
+            if via == "redirect":
+                await control.redirect(call.id, target)
         except (AMIError, TimeoutError) as exc:
             raise TransferError(f"transfer to {target} failed: {exc}") from exc
         call.transferred_to = target
-        logger.info(log.kv(event="transferred", target=target))
+        logger.info(log.kv(event="transferred", target=target, via=via))
+        if via == "dialplan":
+            await call.hangup()
+
+    async def start_recording(self, call: Call, name: str | None = None) -> str:
+        """Record the call on the PBX (MixMonitor): one WAV with both sides,
+        plus the caller's and the agent's legs. Returns the mixed file's path
+        on the PBX."""
+        control = self._require_control("record")
+        base = f"/var/spool/asterisk/monitor/{name or 'voiceos-' + call.id}"
+        options = f"r({base}-caller.wav)t({base}-agent.wav)"
+        try:
+            await control.start_recording(call.id, f"{base}.wav", options)
+        except (AMIError, TimeoutError) as exc:
+            raise CallControlError(f"recording failed: {exc}") from exc
+        call.recordings.append(f"{base}.wav")
+        logger.info(log.kv(event="recording_started", file=f"{base}.wav"))
+        return f"{base}.wav"
+
+    async def stop_recording(self, call: Call) -> None:
+        control = self._require_control("stop recording")
+        try:
+            await control.stop_recording(call.id)
+        except (AMIError, TimeoutError) as exc:
+            raise CallControlError(f"stopping the recording failed: {exc}") from exc
+
+    async def hangup(self, call: Call) -> None:
+        """Hang the caller up at the PBX (AMI Hangup), not just the media."""
+        control = self._require_control("hang up")
+        try:
+            await control.hangup(call.id)
+        except (AMIError, TimeoutError) as exc:
+            raise CallControlError(f"hangup failed: {exc}") from exc
 
     # the per-call loop -----------------------------------------------------
     def _tts_provider(self) -> TTS:

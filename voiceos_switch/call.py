@@ -58,6 +58,7 @@ class Call:
         self.review_flags: list[ReviewFlag] = []
         self.dtmf: list[str] = []
         self.transferred_to: str | None = None
+        self.recordings: list[str] = []
         self._speech: asyncio.Task[Turn] | None = None
 
     @property

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.audiocheck import active_seconds, envelope_find, find, tone_seconds
+from voiceos_switch import Call
 from voiceos_switch.audio.pcm import resample
 from voiceos_switch.control.ami import AMIController
 from voiceos_switch.pbx.asterisk import AsteriskSandbox
@@ -166,3 +167,52 @@ async def test_caller_hangup_ends_the_bridge_call_promptly(
     assert result.answered
     await asyncio.sleep(0.5)
     assert "0 active channels" in asterisk.cli("core show channels count")
+
+
+async def test_handoff_through_the_dialplan_and_recording_on_the_pbx(
+    bridge: Bridge, asterisk: AsteriskSandbox
+) -> None:
+    """The Gosub's own handoff path (VOICEOS_HANDOFF, media ended by the
+    bridge) and MixMonitor started and stopped over AMI."""
+    agent = bridge.agent
+    recorded: list[str] = []
+
+    @agent.on("call_started")
+    async def start(call: Call) -> None:
+        recorded.append(await agent.start_recording(call))
+        await call.say("Please hold while I find someone.")
+        await agent.stop_recording(call)
+        await agent.transfer_to_human(call, via="dialplan")
+
+    result = await place_call("100", delay=0, hold=7.0)
+    (call,) = await bridge.wait_calls(1)
+    assert call.media.end_reason.reason == "agent hung up"  # type: ignore[attr-defined]
+    assert call.transferred_to == "operator"
+    heard, rate = read_wav_mono16(result.heard)  # type: ignore[arg-type]
+    _, said = envelope_find(heard, await speech("Please hold while I find someone.", rate), rate)
+    assert said > 0.85
+    assert tone_seconds(heard, rate, 440.0) > 1.0  # then the human side
+    # the PBX's recording holds the agent's words, and stopped when asked
+    (path,) = recorded
+    await asyncio.sleep(0.5)
+    pbx_pcm, pbx_rate = read_wav_mono16(asterisk.host_path(path))
+    _, in_recording = envelope_find(
+        pbx_pcm, await speech("Please hold while I find someone.", pbx_rate), pbx_rate
+    )
+    assert in_recording > 0.85
+    assert len(pbx_pcm) / 2 / pbx_rate < 6.0  # not the whole call
+
+
+async def test_hangup_at_the_pbx_over_ami(bridge: Bridge) -> None:
+    agent = bridge.agent
+
+    @agent.on("call_started")
+    async def start(call: Call) -> None:
+        await call.say("Goodbye.")
+        await agent.hangup(call)
+
+    result = await place_call("100", delay=0, hold=10.0)
+    (call,) = await bridge.wait_calls(1)
+    assert result.duration_s < 6.0
+    assert result.hangup_cause == "Normal Clearing"
+    assert call.media.end_reason.reason == "remote hung up"  # type: ignore[attr-defined]

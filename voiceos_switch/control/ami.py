@@ -274,7 +274,7 @@ class AMIController:
 
     async def hangup(self, call_id: str) -> None:
         info = await self.channel_for(call_id)
-        await self.action({"Action": "Hangup", "Channel": info.channel})
+        await self.action({"Action": "Hangup", "Channel": info.channel, "Cause": "16"})
 
     async def redirect(
         self, call_id: str, exten: str, context: str = "voiceos-humans", priority: int = 1
