@@ -70,25 +70,38 @@ class Agent:
         *,
         greeting: str | None = None,
         human_target: str | None = None,
+        style: str = "balanced",
         settings: Settings | None = None,
     ) -> None:
-        if model is not None:
-            raise ConfigurationError(
-                f"model={model!r}: this build of voiceos-switch has no LLM conversation "
-                "engine yet; leave model unset to run the built-in greeting agent"
-            )
+        from .conversation.endpoint import STYLES
+        from .providers import registry
+
         self.settings = settings or Settings()
         self.model = model
-        self.voice = voice or "en-us"
+        if model is not None:
+            registry.check_llm_name(model)
+        self.voice = voice or "espeak"
+        registry.check_voice_name(self.voice)
+        if style not in STYLES:
+            raise ConfigurationError(f"style={style!r}: one of {', '.join(STYLES)}")
+        self.style = style
         self.system_prompt = system_prompt
         self.tools = list(tools)
         self.emotion_triggers = dict(emotion_triggers or {})
-        self.greeting = greeting if greeting is not None else self.settings.greeting
+        if greeting is None:
+            greeting = (
+                self.settings.greeting if model is None else "Hello! How can I help you today?"
+            )
+        self.greeting = greeting
         self.human_target = human_target or self.settings.human_extension
         self._handlers: dict[str, list[Handler]] = {name: [] for name in EVENTS}
         self.calls: dict[str, Call] = {}
         self.control: AMIController | None = None
         self._tts: TTS | None = None
+        self._llm: Any = None
+        self._stt: Any = None
+        #: per-call conversation metrics, kept for the call record and benchmarks
+        self.conversations: dict[str, Any] = {}
 
     # events ----------------------------------------------------------------
     def on(self, event: str) -> Callable[[Handler], Handler]:
@@ -191,10 +204,23 @@ class Agent:
     # the per-call loop -----------------------------------------------------
     def _tts_provider(self) -> TTS:
         if self._tts is None:
-            from .providers.tts.espeak import EspeakTTS
+            from .providers import registry
 
-            self._tts = EspeakTTS(voice=self.voice)
+            self._tts = registry.make_tts(self.voice)
         return self._tts
+
+    async def load_models(self) -> None:
+        """Load every model now, not on the first caller's time."""
+        from .providers import registry
+
+        async for _ in self._tts_provider().stream("ready", 8000):
+            pass
+        if self.model is not None:
+            if self._llm is None:
+                self._llm = registry.make_llm(self.model, self.settings)
+            if self._stt is None:
+                self._stt = registry.make_stt(self.settings)
+            await registry.warm_up(self._llm, self._stt, bool(self.tools))
 
     async def handle_call(self, media: CallMedia) -> None:
         """Run one call from its first frame to its end."""
@@ -205,6 +231,9 @@ class Agent:
             if info is not None:
                 call.caller, call.called = info.caller, info.called
         logger.info(log.kv(event="call_started", pbx=call.pbx, rate=call.sample_rate))
+        if self.model is not None:
+            await self._converse(call, media)
+            return
         speaking: asyncio.Task[Any] | None = None
         try:
             await self._emit("call_started", call)
@@ -232,6 +261,39 @@ class Agent:
                     reason=getattr(reason, "reason", "ended"),
                     turns=len(call.transcript),
                     dtmf="".join(call.dtmf) or "-",
+                )
+            )
+            await self._emit("call_ended", call)
+            self.calls.pop(call.id, None)
+
+    async def _converse(self, call: Call, media: CallMedia) -> None:
+        from .conversation.engine import Conversation, ConversationConfig
+        from .conversation.tools import Tool
+
+        await self.load_models()
+        conversation = Conversation(
+            call,
+            media,
+            stt=self._stt,
+            llm=self._llm,
+            tts=self._tts_provider(),
+            tools=[Tool.from_function(f) for f in self.tools],
+            config=ConversationConfig(
+                system_prompt=self.system_prompt or "You are a helpful phone agent.",
+                greeting=self.greeting or None,
+                style=self.style,
+            ),
+            emit=self._emit,
+        )
+        self.conversations[call.id] = conversation
+        try:
+            await self._emit("call_started", call)
+            await conversation.run()
+        finally:
+            call.ended_at = time.time()
+            logger.info(
+                log.kv(
+                    event="call_ended", turns=len(call.transcript), barge_ins=conversation.barge_ins
                 )
             )
             await self._emit("call_ended", call)
@@ -268,9 +330,13 @@ class Agent:
 
     # serving ---------------------------------------------------------------
     async def run(
-        self, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
+        self,
+        ready: asyncio.Event | None = None,
+        stop: asyncio.Event | None = None,
+        control: bool = True,
     ) -> None:
-        """Serve calls until ``stop`` is set (or forever)."""
+        """Serve calls until ``stop`` is set (or forever). ``control=False``
+        runs without AMI (no transfers or PBX-side recording)."""
         from .audio.pacer import FrameClock
         from .audio.recorder import WavRecorder
         from .transports.audiosocket import AudioSocketServer
@@ -282,20 +348,18 @@ class Agent:
                 f"refusing to listen on {host}: AudioSocket has no authentication. Set "
                 "VOICEOS_ALLOW_REMOTE_AUDIOSOCKET=true and firewall the port to your PBX."
             )
-        secret = s.resolved_ami_secret()
+        secret = s.resolved_ami_secret() if control else None
         if secret:
             self.control = AMIController(s.ami_host, s.ami_port, s.ami_username, secret)
             self.control.start()
-        else:
+        elif control:
             logger.warning(
                 log.kv(
                     event="no_call_control",
                     hint="set VOICEOS_AMI_SECRET to enable transfers and recording",
                 )
             )
-        # load the speech engine now, not on the first caller's time
-        async for _ in self._tts_provider().stream("ready", 8000):
-            pass
+        await self.load_models()
         recorder = WavRecorder(s.recordings_dir) if s.recordings_dir else None
         server = AudioSocketServer(
             self.handle_call,

@@ -133,6 +133,12 @@ def cmd_asterisk(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(Path(args.wav) if args.wav else None, args.json, args.voice)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voiceos-switch", description="AI voice agents on Asterisk and FreeSWITCH."
@@ -160,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--caller-id", default="15550100")
     call.add_argument("--timeout", type=float, default=120.0)
     call.set_defaults(func=cmd_call)
+
+    demo = sub.add_parser(
+        "demo", help="a whole scripted call on the embedded models, over AudioSocket on loopback"
+    )
+    demo.add_argument(
+        "--wav", default="demo.wav", help="stereo recording (caller left, agent right)"
+    )
+    demo.add_argument("--json", action="store_true", help="print the report as JSON")
+    demo.add_argument("--voice", default="espeak", help="the agent's voice: espeak or piper")
+    demo.set_defaults(func=cmd_demo)
 
     ast = sub.add_parser("asterisk", help="the managed Asterisk 22 for tests and the lab")
     ast.add_argument("action", choices=["up", "down", "status", "cli", "config"])

@@ -54,6 +54,14 @@ class CallMedia(Protocol):
         """Drop queued agent audio at once (barge-in); returns frames dropped."""
         ...
 
+    def pause_output(self) -> None:
+        """Hold queued agent audio (send silence) without dropping it."""
+        ...
+
+    def resume_output(self) -> None:
+        """Continue playing held agent audio."""
+        ...
+
     async def hangup(self) -> None:
         """End the media session from our side."""
         ...

@@ -27,7 +27,7 @@ def split_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, in
         host, port = default_host, text
     else:
         raise ValueError(f"expected HOST:PORT, got {value!r}")
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
         raise ValueError(f"bad port in {value!r}")
     return host or default_host, int(port)
 
@@ -93,6 +93,18 @@ class Settings(BaseSettings):
     sip_port: int = 5060
     carrier_sim_port: int = 5062
     human_extension: str = Field("operator", description="Default human handoff target.")
+
+    # Conversation providers ---------------------------------------------
+    llm_base_url: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible server, for model='openai:<name>'."
+    )
+    llm_api_key: SecretStr | None = None
+    llm_token_timeout_s: float = Field(
+        6.0, gt=0, description="A model silent this long is replaced by the next in the chain."
+    )
+    stt_model_dir: Path | None = Field(
+        None, description="A CTranslate2 Whisper model directory (default: Whisper tiny.en)."
+    )
 
     # Agent ----------------------------------------------------------------
     greeting: str = "Hello, you are speaking with the voice OS agent. Press a key on your phone."

@@ -7,67 +7,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.fakes import FakeMedia, FakeTTS
 from voiceos_switch import Agent, Call, ConfigurationError, TransferError
-from voiceos_switch.audio.pacer import FrameClock, Pacer, Playout
+from voiceos_switch.audio.pacer import FrameClock
 from voiceos_switch.call import heard_prefix
-from voiceos_switch.media import DtmfIn, MediaEnded, MediaEvent
+from voiceos_switch.media import DtmfIn
 from voiceos_switch.settings import Settings
-
-
-class FakeTTS:
-    """100 ms of audio per word, streamed word by word."""
-
-    name = "fake"
-
-    async def stream(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
-        for _ in text.split():
-            await asyncio.sleep(0)
-            yield b"\x10\x00" * (sample_rate // 10)
-
-
-class FakeMedia:
-    pbx = "test"
-
-    def __init__(self, clock: FrameClock) -> None:
-        self.call_id = "call-1"
-        self.sample_rate = 8000
-        self.sent: list[bytes] = []
-        self.pacer = Pacer(8000, self.sent.append)
-        clock.add(self.pacer)
-        self.queue: asyncio.Queue[MediaEvent] = asyncio.Queue()
-        self._ended: MediaEnded | None = None
-        self.hung_up = False
-
-    async def events(self) -> AsyncIterator[MediaEvent]:
-        while True:
-            ev = await self.queue.get()
-            yield ev
-            if isinstance(ev, MediaEnded):
-                return
-
-    def send_audio(self, pcm: bytes) -> Playout:
-        return self.pacer.enqueue(pcm)
-
-    def clear(self) -> int:
-        return self.pacer.clear()
-
-    async def hangup(self) -> None:
-        self.hung_up = True
-        self.end("agent hung up")
-
-    def end(self, reason: str) -> None:
-        if self._ended is None:
-            self._ended = MediaEnded(reason)
-            self.pacer.clear()
-            self.queue.put_nowait(self._ended)
-
-    @property
-    def ended(self) -> bool:
-        return self._ended is not None
-
-    @property
-    def end_reason(self) -> MediaEnded | None:
-        return self._ended
 
 
 @pytest.fixture
@@ -191,8 +136,12 @@ async def test_user_handlers_replace_the_builtin_and_their_errors_do_not_end_the
 
 
 def test_configuration_errors_say_what_to_change() -> None:
-    with pytest.raises(ConfigurationError, match="leave model unset"):
+    with pytest.raises(ConfigurationError, match="'local'.*'openai:<model>'"):
         Agent(model="gpt-4o")
+    with pytest.raises(ConfigurationError, match="voice='robot'"):
+        Agent(voice="robot")
+    with pytest.raises(ConfigurationError, match="style='chatty'"):
+        Agent(style="chatty")
     with pytest.raises(ConfigurationError, match="unknown event 'on_hangup'"):
         Agent().on("on_hangup")
 

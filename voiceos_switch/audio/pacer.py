@@ -36,6 +36,10 @@ class Playout:
 
     frames: int
     sent: int = 0
+    #: clock time the first frame of this audio went out (for latency marks)
+    first_sent_at: float | None = None
+    #: called with that time when the first frame goes out
+    on_start: Callable[[float], None] | None = None
     done: asyncio.Future[bool] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -73,6 +77,7 @@ class Pacer:
         # playouts not yet fully sent, oldest first; the head owns the next frame
         self._pending: collections.deque[Playout] = collections.deque()
         self._primed = False
+        self.paused = False
         self.frames_sent = 0
         self.audio_frames_sent = 0
         self.last_audio_sent_at: float | None = None
@@ -104,6 +109,7 @@ class Pacer:
 
     def clear(self) -> int:
         """Drop everything queued (barge-in). Returns the frames dropped."""
+        self.paused = False
         dropped = len(self._queue)
         self._queue.clear()
         while self._pending:
@@ -111,6 +117,13 @@ class Pacer:
             if not playout.done.done():
                 playout.done.set_result(False)
         return dropped
+
+    def pause(self) -> None:
+        """Send silence but keep the queue (a possible interruption)."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
 
     def tick(self, now: float) -> None:
         """Send what is due this period: one frame, more when priming the lead."""
@@ -126,13 +139,17 @@ class Pacer:
             self._send_one(now)
 
     def _send_one(self, now: float) -> None:
-        if self._queue:
+        if self._queue and not self.paused:
             chunk, marker = self._queue.popleft()
             self._write(chunk)
             self.audio_frames_sent += 1
             self.last_audio_sent_at = now
             current = self._pending[0] if self._pending else None
             if current is not None:
+                if current.sent == 0:
+                    current.first_sent_at = now
+                    if current.on_start is not None:
+                        current.on_start(now)
                 current.sent += 1
             if marker is not None:
                 if self._pending and self._pending[0] is marker:

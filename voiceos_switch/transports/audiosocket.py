@@ -121,6 +121,14 @@ class AudioSocketCall:
     def clear(self) -> int:
         return self._pacer.clear() if self._pacer is not None else 0
 
+    def pause_output(self) -> None:
+        if self._pacer is not None:
+            self._pacer.pause()
+
+    def resume_output(self) -> None:
+        if self._pacer is not None:
+            self._pacer.resume()
+
     async def hangup(self) -> None:
         self._conn.hangup("agent hung up")
 

