@@ -1,9 +1,14 @@
-.PHONY: setup call test lint bench clean
+.PHONY: setup demo call test lint bench clean
 
 setup:
 	scripts/setup
 
-## One real call through the agent (managed Asterisk 22, lab carrier, embedded defaults)
+## A whole call through the agent on the embedded models, over AudioSocket on loopback
+demo: setup
+	mkdir -p out
+	.venv/bin/voiceos-switch demo --wav out/demo.wav
+
+## The same agent behind a real Asterisk 22, called from the lab carrier over SIP
 call: setup
 	scripts/lab-call out
 
@@ -18,6 +23,7 @@ lint: setup
 
 bench: setup
 	.venv/bin/python bench/pacing.py
+	.venv/bin/python bench/latency.py
 
 clean:
 	-.venv/bin/voiceos-switch asterisk down

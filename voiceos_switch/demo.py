@@ -68,6 +68,8 @@ class Step:
     say: str
     #: speak while the agent is still talking, this many seconds into its reply
     interrupt_after_s: float | None = None
+    #: a backchannel ("uh-huh"): the agent should carry on, not stop
+    backchannel: bool = False
 
 
 DEFAULT_SCRIPT = [
@@ -84,7 +86,17 @@ class WireTurn:
     speech_end: float
     first_agent_audio: float | None = None
     interrupted_agent: bool = False
-    agent_stopped: float | None = None
+    #: for speech over the agent: when the caller's voice started, and when
+    #: the agent's last audible frame before going quiet arrived
+    onset: float | None = None
+    agent_last_frame: float | None = None
+    backchannel: bool = False
+
+    @property
+    def barge_in_ms(self) -> float | None:
+        if self.onset is None or self.agent_last_frame is None:
+            return None
+        return round((self.agent_last_frame - self.onset) * 1000, 1)
 
     @property
     def response_ms(self) -> float | None:
@@ -112,6 +124,7 @@ class ScriptedCaller(asyncio.Protocol):
         self.agent_sound_started: float | None = None
         self.closed = asyncio.Event()
         self.on_agent_frame: Any = None
+        self.loud_times: list[float] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -128,6 +141,7 @@ class ScriptedCaller(asyncio.Protocol):
                     if self.agent_sound_started is None or now - self.last_agent_sound > 0.5:
                         self.agent_sound_started = now
                     self.last_agent_sound = now
+                    self.loud_times.append(now)
                     if self.on_agent_frame is not None:
                         self.on_agent_frame(now)
             elif isinstance(frame, proto.Hangup):
@@ -167,6 +181,8 @@ async def run_caller(
 
     caller.on_agent_frame = agent_frame
 
+    voiced_at: list[float] = []
+
     async def send_loop() -> None:
         start = time.monotonic()
         n = 0
@@ -174,6 +190,9 @@ async def run_caller(
             n += 1
             await asyncio.sleep(max(0.0, start + n * 0.02 - time.monotonic()))
             frame = pending.pop(0) if pending else SILENCE
+            if frame is not SILENCE and not voiced_at:
+                if np.abs(np.frombuffer(frame, dtype="<i2")).max(initial=0) > 1000:
+                    voiced_at.append(time.monotonic())
             result.caller += frame
             if caller.transport is not None and not caller.transport.is_closing():
                 caller.transport.write(proto.encode_audio(frame, RATE))
@@ -185,17 +204,23 @@ async def run_caller(
         while not predicate() and time.monotonic() < deadline and not caller.closed.is_set():
             await asyncio.sleep(0.02)
 
-    async def say(text: str) -> None:
+    async def say(step: Step, over_agent: bool) -> None:
         nonlocal turn
-        pcm = speech[text]
+        pcm = speech[step.say]
         frames = [
             pcm[i : i + FRAME_BYTES].ljust(FRAME_BYTES, b"\0")
             for i in range(0, len(pcm), FRAME_BYTES)
         ]
+        voiced_at.clear()
         pending.extend(frames)
         await wait_until(lambda: not pending, 60)
-        turn = WireTurn(said=text, speech_end=time.monotonic())
-        result.turns.append(turn)
+        new = WireTurn(said=step.say, speech_end=time.monotonic(), backchannel=step.backchannel)
+        if over_agent and voiced_at:
+            new.onset = voiced_at[0]
+            new.agent_last_frame = _last_before_gap(caller.loud_times, new.onset)
+        if not step.backchannel:
+            turn = new
+        result.turns.append(new)
 
     # the greeting first
     await wait_until(lambda: caller.agent_sound_started is not None, max_wait_s)
@@ -205,7 +230,10 @@ async def run_caller(
         return lambda: t is not None and t.first_agent_audio is not None
 
     for i, step in enumerate(script):
-        await say(step.say)
+        await say(step, over_agent=step.interrupt_after_s is not None)
+        if step.backchannel:
+            await wait_until(lambda: caller.agent_quiet_for(quiet_s), max_wait_s)
+            continue
         following = script[i + 1] if i + 1 < len(script) else None
         await wait_until(answered(turn), max_wait_s)
         if following is not None and following.interrupt_after_s is not None:
@@ -214,13 +242,25 @@ async def run_caller(
             await asyncio.sleep(following.interrupt_after_s)
             continue
         await wait_until(lambda: caller.agent_quiet_for(quiet_s), max_wait_s)
-    await wait_until(lambda: result.turns[-1].first_agent_audio is not None, max_wait_s)
+    await wait_until(answered(turn), max_wait_s)
     await wait_until(lambda: caller.agent_quiet_for(quiet_s), max_wait_s)
     sender.cancel()
     await asyncio.gather(sender, return_exceptions=True)
     if caller.transport is not None:
         caller.transport.close()
     return result
+
+
+def _last_before_gap(times: list[float], onset: float, gap: float = 0.3) -> float | None:
+    """The agent's last loud frame at or after ``onset`` before it went quiet."""
+    last = None
+    for t in times:
+        if t < onset:
+            continue
+        if last is not None and t - last > gap:
+            break
+        last = t
+    return last if last is not None else onset
 
 
 def write_stereo(path: Path, caller: bytes, agent: bytes, rate: int = RATE) -> None:
@@ -271,7 +311,11 @@ async def run_demo(wav: Path | None, voice: str = "espeak") -> dict[str, Any]:
             }
             for m in conversation.metrics
         ],
-        "wire": [{"said": t.said, "response_ms": t.response_ms} for t in result.turns],
+        "wire": [
+            {"said": t.said, "response_ms": t.response_ms, "barge_in_ms": t.barge_in_ms}
+            for t in result.turns
+            if not t.backchannel
+        ],
         "barge_ins": conversation.barge_ins,
         "false_barge_ins": conversation.false_barge_ins,
     }
@@ -306,3 +350,11 @@ def main(wav: Path | None, as_json: bool, voice: str) -> int:
         if wav is not None:
             print(f"stereo recording (caller left, agent right): {wav}")
     return 0
+
+
+def _serve_target() -> Agent:
+    """``voiceos-switch serve --agent voiceos_switch.demo:agent``."""
+    return demo_agent()
+
+
+agent = _serve_target()

@@ -278,7 +278,7 @@ async def test_barge_in_silences_the_agent_fast_and_trims_its_message(clock: Fra
             break
     # the agent's voice stops a moment after the caller's starts (the benchmark
     # measures the distribution; this bounds it)
-    assert stopped_at is not None and stopped_at - onset < 0.25
+    assert stopped_at is not None and stopped_at - onset < 0.3
     await interrupt
     await h.silence(1.5)
     await h.wait_idle(turns=2)

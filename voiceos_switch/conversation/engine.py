@@ -421,7 +421,8 @@ class Conversation:
         if self.call.context:
             facts = "\n".join(f"- {c}" for c in self.call.context)
             system += f"\n\nFacts for this call:\n{facts}"
-        return [{"role": "system", "content": system}, *self.history[-20:]]
+        keep = 8 if getattr(self.llm, "brief_prompt", False) else 30
+        return [{"role": "system", "content": system}, *_recent(self.history, keep)]
 
     async def _respond(self, metrics: TurnMetrics) -> None:
         tools = list(self.tools.values())
@@ -588,6 +589,14 @@ class Conversation:
                 await self.media.hangup()
 
             self._start_reply(goodbye())
+
+
+def _recent(history: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
+    """The last ``keep`` messages, never starting inside a tool exchange."""
+    recent = history[-keep:]
+    while recent and recent[0].get("role") in ("tool", "assistant"):
+        recent = recent[1:]
+    return recent
 
 
 def _say_field(result: str) -> str | None:

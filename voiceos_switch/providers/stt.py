@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..audio.pcm import resample
+from .workers import model_executor
 
 MODEL_RATE = 16000
 
@@ -86,7 +87,7 @@ class WhisperSTT:
     def executor(cls) -> ThreadPoolExecutor:
         with cls._lock:
             if cls._executor is None:
-                cls._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt")
+                cls._executor = model_executor("stt")
             return cls._executor
 
     async def load(self) -> None:

@@ -23,6 +23,8 @@ WINDOW = 512
 CONTEXT = 64
 MODEL_RATE = 16000
 WINDOW_MS = WINDOW * 1000 // MODEL_RATE  # 32
+#: windows replayed into the model's recurrent state when the gate opens
+WARMUP_WINDOWS = 4
 
 
 def default_model_path() -> Path:
@@ -95,6 +97,8 @@ class VADStream:
         self._h = np.zeros((1, 1, 128), dtype=np.float32)
         self._c = np.zeros((1, 1, 128), dtype=np.float32)
         self._windows = 0
+        self._held: list[np.ndarray] = []
+        self._cold = False
         self.model_runs = 0
         self._gate = None
         if gate:
@@ -119,13 +123,21 @@ class VADStream:
             self._windows += 1
             end_ms = self._windows * WINDOW_MS
             if self._gate is not None and end_ms > self._gate_open_until_ms + WINDOW_MS:
-                # the gate heard no voice recently: keep the model's context
-                # fresh but spend nothing on it
-                self._context = window[-CONTEXT:]
-                self._h[:] = 0
-                self._c[:] = 0
+                # the gate heard no voice recently: spend nothing on the model,
+                # but keep the last windows to warm it up when voice comes
+                self._held.append(window)
+                del self._held[:-WARMUP_WINDOWS]
+                self._cold = True
                 out.append(VADResult(0.0, end_ms, False))
                 continue
+            if self._cold:
+                self._h[:] = 0
+                self._c[:] = 0
+                self._context = np.zeros(CONTEXT, dtype=np.float32)
+                for held in self._held:
+                    self._run(held)
+                self._held.clear()
+                self._cold = False
             prob = self._run(window)
             out.append(VADResult(prob, end_ms, prob >= self.threshold))
         return out

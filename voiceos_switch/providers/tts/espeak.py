@@ -10,9 +10,9 @@ import asyncio
 import ctypes
 import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
 from ...audio.pcm import StreamResampler
+from ..workers import model_executor
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
@@ -43,7 +43,7 @@ class _Engine:
         if rate <= 0:
             raise TTSError(f"espeak-ng failed to initialise (code {rate})")
         self.sample_rate = int(rate)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak")
+        self.executor = model_executor("espeak")
         self._sink: list[bytes] | None = None
         self._on_chunk: object = None
         self._cancel = threading.Event()

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ...audio.pcm import StreamResampler
+from ..workers import model_executor
 
 
 class PiperTTS:
@@ -40,7 +41,7 @@ class PiperTTS:
                     str(self.model), config_path=str(self.config) if self.config else None
                 )
             if PiperTTS._executor is None:
-                PiperTTS._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper")
+                PiperTTS._executor = model_executor("piper")
             return self._voices[key]
 
     async def stream(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:

@@ -1,0 +1,132 @@
+"""Conversation latency on the embedded models, over a real AudioSocket connection.
+
+A scripted caller (piper voice through a telephone channel, 20 ms frames in
+real time) talks to the agent (Whisper tiny.en, SmolLM2-135M, espeak-ng) on
+loopback. Measured on the caller's side of the wire:
+
+- response: end of the caller's speech -> first audible agent frame received;
+- barge-in: the caller's voice starting over the agent -> the agent's last
+  audible frame before it went quiet;
+- backchannels ("uh-huh", "okay") said over the agent: how many stopped it;
+- stuck states: questions that never got an answer.
+
+The per-stage breakdown comes from the agent's own latency marks (relative
+to the end of speech as its VAD saw it).
+
+    .venv/bin/python bench/latency.py --turns 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+QUESTIONS = [
+    "What time do you open on Saturday?",
+    "Do you sell paint?",
+    "Can you check on my order number four two seven?",
+    "Are you open on Sunday?",
+    "Do you have garden supplies?",
+]
+LONG_QUESTION = "Tell me about everything you sell."
+INTERRUPTION = "Sorry, one more thing. Do you close at six?"
+BACKCHANNELS = ["Uh-huh.", "Okay."]
+
+
+def build_script(turns: int, interrupt_every: int, backchannel_every: int) -> list[Any]:
+    from voiceos_switch.demo import Step
+
+    script: list[Step] = []
+    asked = 0
+    while asked < turns:
+        asked += 1
+        if interrupt_every and asked % interrupt_every == 0:
+            script.append(Step(LONG_QUESTION))
+            script.append(Step(INTERRUPTION, interrupt_after_s=0.6))
+            asked += 1
+        elif backchannel_every and asked % backchannel_every == 0:
+            script.append(Step(LONG_QUESTION))
+            script.append(Step(BACKCHANNELS[asked % 2], interrupt_after_s=0.5, backchannel=True))
+        else:
+            script.append(Step(QUESTIONS[asked % len(QUESTIONS)]))
+    return script
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return round(v[min(len(v) - 1, int(round(q * (len(v) - 1))))], 1)
+
+
+async def run(turns: int, interrupt_every: int, backchannel_every: int) -> dict[str, Any]:
+    from voiceos_switch.demo import demo_agent, run_caller
+    from voiceos_switch.settings import Settings
+
+    settings = Settings(audiosocket="127.0.0.1:0")
+    agent = demo_agent(settings)
+    ready, stop = asyncio.Event(), asyncio.Event()
+    server = asyncio.create_task(agent.run(ready=ready, stop=stop, control=False))
+    await asyncio.wait_for(ready.wait(), 180)
+    script = build_script(turns, interrupt_every, backchannel_every)
+    try:
+        result = await run_caller(agent.server.address[1], script)  # type: ignore[index]
+        for _ in range(100):
+            if not agent.calls:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await server
+    ((_, conv),) = agent.conversations.items()
+    answered = [t for t in result.turns if not t.backchannel]
+    responses = [t.response_ms for t in answered if t.response_ms is not None and t.onset is None]
+    barge = [t.barge_in_ms for t in answered if t.barge_in_ms is not None]
+    stages: dict[str, list[float]] = {}
+    for m in conv.metrics:
+        for k, v in m.as_ms().items():
+            if v is not None:
+                stages.setdefault(k, []).append(v)
+    backchannels = [t for t in result.turns if t.backchannel]
+    # a backchannel that stopped the agent became a caller turn of its own
+    heard = [t.text.lower().strip(" .!") for t in conv.call.transcript if t.role == "caller"]
+    wrongly_taken = sum(1 for h in heard if h in ("uh-huh", "uh huh", "okay", "ok", "mm-hmm"))
+    return {
+        "turns": len(answered),
+        "response_ms": {
+            "p50": pct(responses, 0.5),
+            "p95": pct(responses, 0.95),
+            "n": len(responses),
+        },
+        "stages_p50_ms": {k: round(median(v), 1) for k, v in stages.items()},
+        "barge_in_ms": {"p50": pct(barge, 0.5), "p95": pct(barge, 0.95), "n": len(barge)},
+        "backchannels": len(backchannels),
+        "backchannels_that_stopped_the_agent": wrongly_taken,
+        "barge_ins": conv.barge_ins,
+        "ignored_barge_ins": conv.false_barge_ins,
+        "stuck": sum(1 for t in answered if t.first_agent_audio is None),
+        "tool_calls": sum(len(m.tool_calls) for m in conv.metrics),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--turns", type=int, default=20)
+    ap.add_argument("--interrupt-every", type=int, default=4)
+    ap.add_argument("--backchannel-every", type=int, default=5)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    report = asyncio.run(run(args.turns, args.interrupt_every, args.backchannel_every))
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()
