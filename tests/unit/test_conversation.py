@@ -412,3 +412,17 @@ async def test_no_stuck_state_after_repeated_interruptions(clock: FrameClock) ->
     await h.wait_idle(turns=2 * rounds + 1)
     assert h.conv.call.transcript[-1].text == "Still here."
     await h.hang_up()
+
+
+async def test_interrupting_the_greeting_still_gets_an_answer(clock: FrameClock) -> None:
+    h = make(clock, ScriptedLLM(["At nine."]), greeting=" ".join(["hello"] * 30))
+    await h.silence(0.5)
+    await h.say("What time do you open?")  # over the greeting
+    await h.silence(1.5)
+    await h.wait_idle(turns=1)
+    agent = [t for t in h.conv.call.transcript if t.role == "agent"]
+    assert agent[0].interrupted and agent[-1].text == "At nine."
+    # the model saw the cut greeting before the question, not after it
+    assert [m["role"] for m in h.conv.history] == ["assistant", "user", "assistant"]
+    assert h.conv.history[1]["content"] == "What time do you open?"
+    await h.hang_up()

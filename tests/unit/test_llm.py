@@ -122,13 +122,15 @@ def openai_server() -> Iterator[str]:
             str(port),
             "--n_threads",
             "2",
+            "--n_ctx",
+            "2048",
             "--chat_format",
             "chatml",
             "--model_alias",
             "smollm2",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # llama.cpp logs a lot; an unread pipe would block it
     )
     base = f"http://127.0.0.1:{port}/v1"
     try:

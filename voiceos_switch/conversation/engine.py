@@ -326,14 +326,19 @@ class Conversation:
             logger.info(log.kv(event="no_words", audio_s=round(transcript.audio_s, 2)))
             self._no_turn()  # noise, a cough, DTX: no phantom turn
             return
+        previous = self._reply
         if self._barge_paused or self._barge_onset is not None:
             # this turn interrupted the agent: decide now with its words
             if self._is_backchannel(text):
                 self._resume_after_false_barge_in()
                 return
             self._confirm_barge_in()
-        elif self._reply is not None and not self._reply.done():
+        elif previous is not None and not previous.done():
             self._cancel_reply("caller spoke again")
+        if previous is not None and not previous.done():
+            # let the cut reply record what was heard before the caller's
+            # words go into the history, so the model sees them in order
+            await asyncio.wait({previous}, timeout=1.0)
         metrics.caller_text = text
         self._last_activity = self.now()
         self._reprompts_done = 0

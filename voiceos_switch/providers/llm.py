@@ -103,6 +103,8 @@ def route_tool(utterance: str, tools: list[Tool]) -> Tool | None:
         )
         if needs_number and not has_digits:
             continue
+        if needs_number:
+            score += 1  # the number the tool needs was said: strong evidence
         if score > best_score:
             best, best_score = tool, score
     return best if best_score >= 2 else None
