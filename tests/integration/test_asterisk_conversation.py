@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.textcheck import normalise
@@ -34,7 +35,7 @@ async def test_question_answered_with_a_tool_through_asterisk(
     )
     try:
         # the greeting takes about 2 s; then the caller asks and listens
-        result = await place_call("100", play=question, delay=3.0, hold=7.0)
+        result = await place_call("100", play=question, delay=3.5, hold=9.0)
     finally:
         stop.set()
         await asyncio.wait_for(server, 30)
@@ -44,7 +45,31 @@ async def test_question_answered_with_a_tool_through_asterisk(
     turn = conversation.metrics[0]
     assert normalise(turn.caller_text)[-3:] == ["four", "two", "seven"]
     assert turn.tool_calls == ["lookup_order"]
-    # what the caller heard, transcribed, carries the tool's facts
+    # what the caller heard, transcribed utterance by utterance, carries the
+    # tool's facts
     heard, rate = read_wav_mono16(result.heard)
-    words = normalise((await WhisperSTT().transcribe(heard, rate)).text)
+    stt = WhisperSTT()
+    words: list[str] = []
+    for start, end in utterances(heard, rate):
+        words += normalise((await stt.transcribe(heard[start:end], rate)).text)
     assert "friday" in words and "shipped" in words, words
+
+
+def utterances(pcm: bytes, rate: int, gap_s: float = 0.6) -> list[tuple[int, int]]:
+    """Byte ranges of the stretches of sound separated by gap_s of quiet."""
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    step = rate // 50
+    n = len(x) // step
+    loud = np.sqrt((x[: n * step].reshape(n, step) ** 2).mean(axis=1)) > 300
+    spans: list[tuple[int, int]] = []
+    start = last = None
+    for i, is_loud in enumerate(loud):
+        if is_loud:
+            if start is None or (last is not None and (i - last) * 0.02 > gap_s):
+                if start is not None and last is not None:
+                    spans.append((start, last + 1))
+                start = i
+            last = i
+    if start is not None and last is not None:
+        spans.append((start, last + 1))
+    return [(max(0, a - 10) * step * 2, min(n, b + 10) * step * 2) for a, b in spans]

@@ -43,10 +43,12 @@ class ScriptedSTT:
         self.calls = 0
 
     def learn(self, pcm: bytes, text: str) -> bytes:
-        """Remember the voiced part of a clip (its quiet edges may be cut)."""
+        """Remember the middle of a clip's voiced part: the edges may be cut
+        by where the VAD placed the utterance, the middle never is."""
         loud = np.nonzero(np.abs(np.frombuffer(pcm, dtype="<i2")) > 300)[0]
-        core = pcm[int(loud[0]) * 2 + 1600 : int(loud[-1]) * 2 - 1600] if len(loud) else pcm
-        self.clips[core] = text
+        first, last = (int(loud[0]), int(loud[-1])) if len(loud) else (0, len(pcm) // 2)
+        quarter = (last - first) // 4
+        self.clips[pcm[(first + quarter) * 2 : (last - quarter) * 2]] = text
         return pcm
 
     async def transcribe(self, pcm: bytes, sample_rate: int, final: bool = True) -> Transcript:
