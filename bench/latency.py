@@ -65,25 +65,10 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 async def run(turns: int, interrupt_every: int, backchannel_every: int) -> dict[str, Any]:
-    from voiceos_switch.demo import demo_agent, run_caller
-    from voiceos_switch.settings import Settings
+    from voiceos_switch.demo import call_demo_agent
 
-    settings = Settings(audiosocket="127.0.0.1:0")
-    agent = demo_agent(settings)
-    ready, stop = asyncio.Event(), asyncio.Event()
-    server = asyncio.create_task(agent.run(ready=ready, stop=stop, control=False))
-    await asyncio.wait_for(ready.wait(), 180)
     script = build_script(turns, interrupt_every, backchannel_every)
-    try:
-        result = await run_caller(agent.server.address[1], script)  # type: ignore[index]
-        for _ in range(100):
-            if not agent.calls:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await server
-    ((_, conv),) = agent.conversations.items()
+    result, conv = await call_demo_agent(script)
     answered = [t for t in result.turns if not t.backchannel]
     responses = [t.response_ms for t in answered if t.response_ms is not None and t.onset is None]
     barge = [t.barge_in_ms for t in answered if t.barge_in_ms is not None]

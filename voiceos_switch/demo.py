@@ -277,15 +277,16 @@ def write_stereo(path: Path, caller: bytes, agent: bytes, rate: int = RATE) -> N
         w.writeframes(stereo.tobytes())
 
 
-async def run_demo(wav: Path | None, voice: str = "espeak") -> dict[str, Any]:
-    settings = Settings(audiosocket="127.0.0.1:0")
-    agent = demo_agent(settings, voice=voice)
+async def call_demo_agent(script: list[Step], voice: str = "espeak") -> tuple[CallerResult, Any]:
+    """Serve the demo agent on a free loopback port and run ``script`` as its
+    caller; returns what the caller recorded and the agent's Conversation."""
+    agent = demo_agent(Settings(audiosocket="127.0.0.1:0"), voice=voice)
     ready, stop = asyncio.Event(), asyncio.Event()
     server_task = asyncio.create_task(agent.run(ready=ready, stop=stop, control=False))
-    await asyncio.wait_for(ready.wait(), 120)
+    await asyncio.wait_for(ready.wait(), 180)
     port = agent.server.address[1]  # type: ignore[index]
     try:
-        result = await run_caller(port, DEFAULT_SCRIPT)
+        result = await run_caller(port, script)
         for _ in range(100):
             if not agent.calls:
                 break
@@ -293,7 +294,13 @@ async def run_demo(wav: Path | None, voice: str = "espeak") -> dict[str, Any]:
     finally:
         stop.set()
         await server_task
-    ((call_id, conversation),) = agent.conversations.items()
+    ((_, conversation),) = agent.conversations.items()
+    return result, conversation
+
+
+async def run_demo(wav: Path | None, voice: str = "espeak") -> dict[str, Any]:
+    result, conversation = await call_demo_agent(DEFAULT_SCRIPT, voice)
+    call_id = conversation.call.id
     call = conversation.call
     if wav is not None:
         write_stereo(wav, bytes(result.caller), bytes(result.agent))

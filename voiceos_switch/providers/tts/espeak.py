@@ -11,8 +11,8 @@ import ctypes
 import threading
 from collections.abc import AsyncIterator
 
-from ...audio.pcm import StreamResampler
 from ..workers import model_executor
+from .worker_stream import Push, TTSError, stream_from_worker
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
@@ -22,10 +22,6 @@ _ESPEAK_RATE = 175
 _SynthCallback = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
 )
-
-
-class TTSError(RuntimeError):
-    pass
 
 
 class _Engine:
@@ -101,39 +97,18 @@ class EspeakTTS:
 
     async def stream(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
         engine = await asyncio.to_thread(_Engine.get)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
-        cancel = threading.Event()
 
-        def push(chunk: bytes) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+        def produce(push: Push, cancel: threading.Event) -> None:
+            engine.synth(
+                text,
+                self.voice,
+                self.words_per_minute,
+                lambda pcm: push(engine.sample_rate, pcm),
+                cancel,
+            )
 
-        def run() -> None:
-            try:
-                engine.synth(text, self.voice, self.words_per_minute, push, cancel)
-            except BaseException as exc:  # surfaced on the loop side
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, None)
-
-        future = loop.run_in_executor(engine.executor, run)
-        resampler = StreamResampler(engine.sample_rate, sample_rate)
-        try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    tail = resampler.process(b"", last=True)
-                    if tail:
-                        yield tail
-                    break
-                if isinstance(item, BaseException):
-                    raise TTSError(f"espeak-ng failed: {item}") from item
-                out = resampler.process(item)
-                if out:
-                    yield out
-        finally:
-            cancel.set()
-            await asyncio.shield(future)
+        async for pcm in stream_from_worker(engine.executor, produce, sample_rate, "espeak-ng"):
+            yield pcm
 
     async def synthesize(self, text: str, sample_rate: int) -> bytes:
         chunks = [c async for c in self.stream(text, sample_rate)]

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ...audio.pcm import StreamResampler
 from ..workers import model_executor
+from .worker_stream import Push, stream_from_worker
 
 
 class PiperTTS:
@@ -45,46 +45,17 @@ class PiperTTS:
             return self._voices[key]
 
     async def stream(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
         voice = await asyncio.to_thread(self._voice)
         assert PiperTTS._executor is not None
-        queue: asyncio.Queue[tuple[int, bytes] | BaseException | None] = asyncio.Queue()
-        cancel = threading.Event()
 
-        def run() -> None:
-            try:
-                for chunk in voice.synthesize(text):  # type: ignore[attr-defined]
-                    if cancel.is_set():
-                        break
-                    item = (int(chunk.sample_rate), bytes(chunk.audio_int16_bytes))
-                    loop.call_soon_threadsafe(queue.put_nowait, item)
-            except BaseException as exc:  # surfaced on the loop side
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, None)
-
-        future = loop.run_in_executor(PiperTTS._executor, run)
-        resampler: StreamResampler | None = None
-        try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    if resampler is not None:
-                        tail = resampler.process(b"", last=True)
-                        if tail:
-                            yield tail
+        def produce(push: Push, cancel: threading.Event) -> None:
+            for chunk in voice.synthesize(text):  # type: ignore[attr-defined]
+                if cancel.is_set():
                     return
-                if isinstance(item, BaseException):
-                    raise RuntimeError(f"piper failed: {item}") from item
-                rate, pcm = item
-                if resampler is None:
-                    resampler = StreamResampler(rate, sample_rate)
-                out = resampler.process(pcm)
-                if out:
-                    yield out
-        finally:
-            cancel.set()
-            await asyncio.shield(future)
+                push(int(chunk.sample_rate), bytes(chunk.audio_int16_bytes))
+
+        async for pcm in stream_from_worker(PiperTTS._executor, produce, sample_rate, "piper"):
+            yield pcm
 
     async def synthesize(self, text: str, sample_rate: int) -> bytes:
         return b"".join([c async for c in self.stream(text, sample_rate)])
