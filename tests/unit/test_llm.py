@@ -182,6 +182,10 @@ async def test_local_model_is_not_on_the_event_loop() -> None:
             last = now
 
     t = asyncio.create_task(ticker())
+    started = time.monotonic()
     await collect(llm, [{"role": "user", "content": "Tell me a story about a cat."}], [])
+    took = time.monotonic() - started
     t.cancel()
-    assert gaps and max(gaps) < 0.1
+    # generation took far longer than any pause of the loop: it ran elsewhere
+    assert took > 0.3
+    assert gaps and max(gaps) < min(0.25, took / 2)
