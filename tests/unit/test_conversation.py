@@ -56,7 +56,7 @@ class ScriptedSTT:
         if not final:
             return Transcript("", final=False)
         self.calls += 1
-        for clip, text in self.clips.items():
+        for clip, text in reversed(self.clips.items()):  # the latest clip heard wins
             if clip in pcm:
                 return Transcript(text, audio_s=len(pcm) / 2 / sample_rate)
         text = self.default if len(pcm) >= sample_rate * 2 else ""
@@ -64,15 +64,23 @@ class ScriptedSTT:
 
 
 class ScriptedLLM:
-    def __init__(self, replies: list[Any], name: str = "scripted", delay: float = 0.01) -> None:
-        self.replies = list(replies)
+    """Replies in order, or by the caller's last words when given a dict."""
+
+    def __init__(
+        self, replies: list[Any] | dict[str, str], name: str = "scripted", delay: float = 0.01
+    ) -> None:
+        self.answers = replies if isinstance(replies, dict) else None
+        self.replies = [] if isinstance(replies, dict) else list(replies)
         self.name = name
         self.delay = delay
         self.seen: list[list[dict[str, Any]]] = []
 
     async def stream(self, messages: list[dict[str, Any]], tools: list[Tool]) -> AsyncIterator[Any]:
         self.seen.append(messages)
-        reply = self.replies.pop(0) if self.replies else "Okay."
+        if self.answers is not None:
+            reply: Any = self.answers.get(str(messages[-1].get("content")), "Okay.")
+        else:
+            reply = self.replies.pop(0) if self.replies else "Okay."
         if isinstance(reply, Exception):
             raise reply
         if reply == "STALL":
@@ -182,18 +190,28 @@ def make(
     return h
 
 
-async def test_a_question_gets_an_answer_with_every_latency_mark(clock: FrameClock) -> None:
-    h = make(clock, ScriptedLLM(["We open at nine. See you then."]))
+@pytest.mark.parametrize("preemptive", [False, True])
+async def test_a_question_gets_an_answer_with_every_latency_mark(
+    clock: FrameClock, preemptive: bool
+) -> None:
+    h = make(clock, ScriptedLLM(["We open at nine. See you then."]), preemptive=preemptive)
     await h.silence(0.3)
     await h.say("What time do you open?")
     await h.silence(1.5)
     await h.wait_idle(turns=1)
     (m,) = h.conv.metrics
     marks = m.as_ms()
-    order = ["endpoint", "stt_final", "llm_first_token", "tts_first_audio", "first_frame_sent"]
-    values = [marks[k] for k in order]
-    assert all(v is not None for v in values), marks
-    assert values == sorted(values)
+    assert all(v is not None for v in marks.values()), marks
+    assert m.preemptive is preemptive
+    if preemptive:
+        # the model started on the speculative transcript, before the endpoint;
+        # nothing was spoken before the endpoint
+        assert marks["llm_first_token"] < marks["endpoint"]  # type: ignore[operator]
+        assert marks["endpoint"] <= marks["tts_first_audio"] <= marks["first_frame_sent"]  # type: ignore[operator]
+    else:
+        order = ["endpoint", "stt_final", "llm_first_token", "tts_first_audio", "first_frame_sent"]
+        values = [marks[k] for k in order]
+        assert values == sorted(values)
     assert 0 < marks["first_frame_sent"] < 1500  # type: ignore[operator]
     texts = [(t.role, t.text) for t in h.conv.call.transcript]
     assert texts == [
@@ -201,6 +219,25 @@ async def test_a_question_gets_an_answer_with_every_latency_mark(clock: FrameClo
         ("agent", "We open at nine. See you then."),
     ]
     assert h.agent_audio_frames() >= 6 * 5  # 6 words of 100 ms
+    await h.hang_up()
+
+
+async def test_a_preemptive_answer_is_dropped_when_the_caller_goes_on(clock: FrameClock) -> None:
+    llm = ScriptedLLM(
+        {
+            "What time do you open?": "Wrong answer to half a question.",
+            "What time do you open, and do you sell paint?": "The right answer.",
+        }
+    )
+    h = make(clock, llm, style="patient")  # waits 700 ms before ending a turn
+    await h.say("What time do you open?", "What time do you open?")
+    await h.silence(0.2)  # a pause: speculation and a preemptive start
+    await h.say("Tell me everything.", "What time do you open, and do you sell paint?")
+    await h.silence(1.5)
+    await h.wait_idle(turns=1)
+    said = [t.text for t in h.conv.call.transcript if t.role == "agent"]
+    assert said == ["The right answer."]
+    assert llm.seen[0][-1]["content"] == "What time do you open?"  # it did start early
     await h.hang_up()
 
 

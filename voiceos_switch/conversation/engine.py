@@ -27,7 +27,7 @@ from ..providers.llm import LLM, LLMError, TextDelta, ToolCallRequest
 from ..providers.stt import Transcript
 from ..providers.vad import WINDOW_MS, VADStream
 from .chunker import SentenceChunker
-from .endpoint import EndpointConfig, Endpointer
+from .endpoint import EndpointConfig, Endpointer, looks_complete
 from .tools import Tool
 
 logger = log.get(__name__)
@@ -72,6 +72,8 @@ class ConversationConfig:
     tool_timeout_s: float = 10.0
     llm_timeout_s: float = 8.0
     partial_interval_s: float = 0.8
+    #: start the model on the speculative transcript before the endpoint
+    preemptive: bool = True
     max_tool_rounds: int = 3
 
 
@@ -172,6 +174,7 @@ class Conversation:
         self._reply_speaking = False
         self._speculative: asyncio.Task[Transcript] | None = None
         self._partial: asyncio.Task[None] | None = None
+        self._preempt: tuple[str, asyncio.Task[None], asyncio.Queue[Any]] | None = None
         self._last_partial_at = 0.0
         self._barge_onset: float | None = None
         self._barge_paused = False
@@ -210,6 +213,7 @@ class Conversation:
         finally:
             self._ended = True
             reader.cancel()
+            self._cancel_preemption()
             for task in (self._reply, self._speculative, self._partial):
                 if task is not None and not task.done():
                     task.cancel()
@@ -296,12 +300,47 @@ class Conversation:
     def _speculated(self, task: asyncio.Task[Transcript]) -> None:
         if task.cancelled() or task.exception() is not None:
             return
-        self.endpointer.set_text(task.result().text)
+        text = task.result().text.strip()
+        self.endpointer.set_text(text)
+        if (
+            self.config.preemptive
+            and _has_words(text)
+            and looks_complete(text)
+            and (self._reply is None or self._reply.done())
+            and self._barge_onset is None
+            and not self._barge_paused
+        ):
+            self._start_preemption(text)
+
+    def _start_preemption(self, text: str) -> None:
+        """Start the model on the speculative transcript before the endpoint is
+        final; its output is held until the turn is confirmed with the same
+        words, and dropped if the caller goes on. Tools never run early."""
+        messages = [*self._messages(), {"role": "user", "content": text}]
+        tools = list(self.tools.values())
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def generate() -> None:
+            try:
+                async for event in self.llm.stream(messages, tools):
+                    queue.put_nowait((self.now(), event))
+            except Exception as exc:
+                queue.put_nowait(exc)
+            finally:
+                queue.put_nowait(None)
+
+        self._preempt = (text, asyncio.create_task(generate()), queue)
+
+    def _cancel_preemption(self) -> None:
+        if self._preempt is not None:
+            self._preempt[1].cancel()
+        self._preempt = None
 
     def _cancel_speculation(self) -> None:
         if self._speculative is not None and not self._speculative.done():
             self._speculative.cancel()
         self._speculative = None
+        self._cancel_preemption()
 
     async def _end_of_turn(self, now: float) -> None:
         ep = self.endpointer
@@ -342,12 +381,18 @@ class Conversation:
         metrics.caller_text = text
         self._last_activity = self.now()
         self._reprompts_done = 0
+        preempted = None
+        if self._preempt is not None and self._preempt[0] == text:
+            preempted = self._preempt[1:]  # the same words: keep what the model wrote
+            self._preempt = None
+            metrics.preemptive = True
+        self._cancel_preemption()
         turn = self.call.add_caller_text(text)
         self.history.append({"role": "user", "content": text})
-        logger.info(log.kv(event="caller_turn", text=text))
+        logger.info(log.kv(event="caller_turn", text=text, preemptive=metrics.preemptive))
         await self.emit("transcript", self.call, turn)
         self.metrics.append(metrics)
-        self._start_reply(self._respond(metrics))
+        self._start_reply(self._respond(metrics, preempted))
 
     def _no_turn(self) -> None:
         if self._barge_paused or self._barge_onset is not None:
@@ -429,7 +474,7 @@ class Conversation:
         keep = 8 if getattr(self.llm, "brief_prompt", False) else 30
         return [{"role": "system", "content": system}, *_recent(self.history, keep)]
 
-    async def _respond(self, metrics: TurnMetrics) -> None:
+    async def _respond(self, metrics: TurnMetrics, preempted: Any = None) -> None:
         tools = list(self.tools.values())
         for _round in range(self.config.max_tool_rounds + 1):
             calls: list[ToolCallRequest] = []
@@ -439,13 +484,20 @@ class Conversation:
             turn = Turn("agent", "", time.time())
             self.call.transcript.append(turn)
             try:
-                stream = self.llm.stream(
-                    self._messages(), tools if _round < self.config.max_tool_rounds else []
-                )
+                if preempted is not None and _round == 0:
+                    stream = _drain(*preempted)  # generated while the endpoint waited
+                else:
+                    stream = _stamped(
+                        self.llm.stream(
+                            self._messages(),
+                            tools if _round < self.config.max_tool_rounds else [],
+                        ),
+                        self.now,
+                    )
                 async with _timeout_iter(stream, self.config.llm_timeout_s) as events:
-                    async for event in events:
+                    async for at, event in events:
                         if metrics.llm_first_token is None:
-                            metrics.llm_first_token = self.now()
+                            metrics.llm_first_token = at
                         if isinstance(event, ToolCallRequest):
                             calls.append(event)
                         elif isinstance(event, TextDelta):
@@ -594,6 +646,25 @@ class Conversation:
                 await self.media.hangup()
 
             self._start_reply(goodbye())
+
+
+async def _stamped(stream: Any, now: Callable[[], float]) -> Any:
+    async for event in stream:
+        yield now(), event
+
+
+async def _drain(task: asyncio.Task[None], queue: asyncio.Queue[Any]) -> Any:
+    """The events a preemptive generation produced (and is producing)."""
+    try:
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        task.cancel()
 
 
 def _recent(history: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
