@@ -35,7 +35,7 @@ async def test_question_answered_with_a_tool_through_asterisk(
     )
     try:
         # the greeting takes about 2 s; then the caller asks and listens
-        result = await place_call("100", play=question, delay=3.5, hold=9.0)
+        result = await place_call("100", play=question, delay=4.5, hold=10.0)
     finally:
         stop.set()
         await asyncio.wait_for(server, 30)
@@ -52,7 +52,17 @@ async def test_question_answered_with_a_tool_through_asterisk(
     words: list[str] = []
     for start, end in utterances(heard, rate):
         words += normalise((await stt.transcribe(heard[start:end], rate)).text)
-    assert "friday" in words and "shipped" in words, words
+
+    def has_facts(w: list[str]) -> bool:
+        # the delivery day and the order number; "shipped" itself is often
+        # misheard by tiny.en on a G.711 leg ("ship", "shit")
+        text = " ".join(w)
+        return "friday" in w and "order four two seven" in text
+
+    if not has_facts(words):
+        # a long quiet stretch can end Whisper's decode early: try the whole call
+        words += normalise((await stt.transcribe(heard, rate)).text)
+    assert has_facts(words), " ".join(words)
 
 
 def utterances(pcm: bytes, rate: int, gap_s: float = 0.6) -> list[tuple[int, int]]:

@@ -229,7 +229,7 @@ async def test_a_preemptive_answer_is_dropped_when_the_caller_goes_on(clock: Fra
             "What time do you open, and do you sell paint?": "The right answer.",
         }
     )
-    h = make(clock, llm, style="patient")  # waits 700 ms before ending a turn
+    h = make(clock, llm, style="patient", preemptive=True)  # 700 ms before a turn ends
     await h.say("What time do you open?", "What time do you open?")
     await h.silence(0.2)  # a pause: speculation and a preemptive start
     await h.say("Tell me everything.", "What time do you open, and do you sell paint?")

@@ -72,8 +72,10 @@ class ConversationConfig:
     tool_timeout_s: float = 10.0
     llm_timeout_s: float = 8.0
     partial_interval_s: float = 0.8
-    #: start the model on the speculative transcript before the endpoint
-    preemptive: bool = True
+    #: start the model on the speculative transcript before the endpoint.
+    #: Off by default: with a tool answer through Asterisk the held reply was
+    #: not heard (under investigation); see docs/conversation.md
+    preemptive: bool = False
     max_tool_rounds: int = 3
 
 
