@@ -29,26 +29,29 @@ def find(haystack: bytes, needle: bytes) -> tuple[float, float]:
     return float(best), float(score[best])
 
 
-def active_seconds(pcm: bytes, rate: int, threshold: float = 300.0) -> float:
-    """Seconds of 20 ms windows louder than ``threshold`` RMS."""
+def windows(pcm: bytes, rate: int) -> np.ndarray:
+    """The samples as rows of 20 ms windows (a trailing partial one dropped)."""
     s = samples(pcm)
     step = rate // 50
     n = len(s) // step
-    if n == 0:
+    return s[: n * step].reshape(n, step)
+
+
+def active_seconds(pcm: bytes, rate: int, threshold: float = 300.0) -> float:
+    """Seconds of 20 ms windows louder than ``threshold`` RMS."""
+    frames = windows(pcm, rate)
+    if len(frames) == 0:
         return 0.0
-    frames = s[: n * step].reshape(n, step)
     rms = np.sqrt((frames * frames).mean(axis=1))
     return float((rms > threshold).sum()) * 0.02
 
 
 def tone_seconds(pcm: bytes, rate: int, freq: float, min_ratio: float = 0.5) -> float:
     """Seconds where ``freq`` carries most of a 20 ms window's energy."""
-    s = samples(pcm)
-    step = rate // 50
-    n = len(s) // step
-    if n == 0:
+    frames = windows(pcm, rate)
+    if len(frames) == 0:
         return 0.0
-    frames = s[: n * step].reshape(n, step)
+    step = frames.shape[1]
     t = np.arange(step) / rate
     ref = np.exp(-2j * np.pi * freq * t)
     power = np.abs(frames @ ref) ** 2 * 2 / step

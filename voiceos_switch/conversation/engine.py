@@ -123,13 +123,11 @@ class _Utterance:
         self.preroll_bytes = rate * preroll_ms // 1000 * 2
         self.buf = bytearray()
         self.active = False
-        self.version = 0
 
     def add(self, pcm: bytes) -> None:
         self.buf += pcm
         if not self.active and len(self.buf) > self.preroll_bytes:
             del self.buf[: len(self.buf) - self.preroll_bytes]
-        self.version += 1
 
     @property
     def full(self) -> bool:
@@ -139,7 +137,6 @@ class _Utterance:
         data = bytes(self.buf)
         self.buf.clear()
         self.active = False
-        self.version += 1
         return data
 
 
@@ -482,7 +479,6 @@ class Conversation:
             calls: list[ToolCallRequest] = []
             chunker = SentenceChunker()
             spoken: list[tuple[str, Playout]] = []
-            text_so_far = ""
             turn = Turn("agent", "", time.time())
             self.call.transcript.append(turn)
             try:
@@ -503,7 +499,6 @@ class Conversation:
                         if isinstance(event, ToolCallRequest):
                             calls.append(event)
                         elif isinstance(event, TextDelta):
-                            text_so_far += event.text
                             for chunk in chunker.feed(event.text):
                                 spoken.append((chunk, await self._synth(chunk, metrics)))
                 for chunk in chunker.flush():
