@@ -71,12 +71,16 @@ class Agent:
         greeting: str | None = None,
         human_target: str | None = None,
         style: str = "balanced",
+        stt: str | None = None,
         settings: Settings | None = None,
     ) -> None:
         from .conversation.endpoint import STYLES
         from .providers import registry
 
         self.settings = settings or Settings()
+        if stt is not None:
+            self.settings = self.settings.model_copy(update={"stt": stt})
+        registry.check_stt_name(self.settings.stt)
         self.model = model
         if model is not None:
             registry.check_llm_name(model)
@@ -206,7 +210,7 @@ class Agent:
         if self._tts is None:
             from .providers import registry
 
-            self._tts = registry.make_tts(self.voice)
+            self._tts = registry.make_tts(self.voice, self.settings)
         return self._tts
 
     async def load_models(self) -> None:

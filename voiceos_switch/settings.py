@@ -102,9 +102,26 @@ class Settings(BaseSettings):
     llm_token_timeout_s: float = Field(
         6.0, gt=0, description="A model silent this long is replaced by the next in the chain."
     )
+    stt: str = Field(
+        "whisper",
+        description="Speech recogniser(s): 'whisper', 'openai:<model>', "
+        "'vosk-server:ws://HOST:PORT'; a comma-separated chain falls back in order.",
+    )
     stt_model_dir: Path | None = Field(
         None, description="A CTranslate2 Whisper model directory (default: Whisper tiny.en)."
     )
+    stt_base_url: str | None = Field(
+        None, description="OpenAI-compatible transcription server (default: llm_base_url)."
+    )
+    stt_api_key: SecretStr | None = None
+    stt_timeout_s: float = Field(
+        5.0, gt=0, description="A recogniser slower than this is replaced by the next."
+    )
+    tts_base_url: str | None = Field(
+        None, description="OpenAI-compatible speech server for voice='openai:<voice>'."
+    )
+    tts_api_key: SecretStr | None = None
+    tts_model: str = Field("tts-1", description="Model name sent to the speech server.")
 
     # Agent ----------------------------------------------------------------
     greeting: str = "Hello, you are speaking with the voice OS agent. Press a key on your phone."

@@ -109,6 +109,15 @@ def leading_silence(pcm: bytes, rate: int = 8000) -> float:
     return float(loud[0]) / rate if len(loud) else 0.0
 
 
+def voiced(pcm: bytes, rate: int = 8000, margin: float = 0.04) -> bytes:
+    """The clip without the silence the synthesiser put around the voice, so
+    that a pause in a test is the pause the test asks for."""
+    loud = np.nonzero(np.abs(np.frombuffer(pcm, dtype="<i2")) > 300)[0]
+    pad = int(margin * rate)
+    first, last = max(0, int(loud[0]) - pad), int(loud[-1]) + pad
+    return pcm[first * 2 : (last + 1) * 2]
+
+
 class Harness:
     def __init__(self, media: FakeMedia, conversation: Conversation) -> None:
         self.media = media
@@ -230,9 +239,15 @@ async def test_a_preemptive_answer_is_dropped_when_the_caller_goes_on(clock: Fra
         }
     )
     h = make(clock, llm, style="patient", preemptive=True)  # 700 ms before a turn ends
-    await h.say("What time do you open?", "What time do you open?")
-    await h.silence(0.2)  # a pause: speculation and a preemptive start
-    await h.say("Tell me everything.", "What time do you open, and do you sell paint?")
+    first = voiced(await speech("What time do you open?"))
+    second = voiced(await speech("Tell me everything."))
+    stt = h.conv.stt
+    assert isinstance(stt, ScriptedSTT)
+    stt.learn(first, "What time do you open?")
+    stt.learn(second, "What time do you open, and do you sell paint?")
+    await h.talk(first)
+    await h.silence(0.25)  # a pause well inside 700 ms: speculation and a preemptive start
+    await h.talk(second)
     await h.silence(1.5)
     await h.wait_idle(turns=1)
     said = [t.text for t in h.conv.call.transcript if t.role == "agent"]

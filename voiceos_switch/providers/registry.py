@@ -9,7 +9,14 @@ from ..settings import Settings
 LLM_NAMES = (
     "'local' (SmolLM2 on llama.cpp, offline) or 'openai:<model>' (any OpenAI-compatible server)"
 )
-VOICE_NAMES = "'espeak', 'espeak:<voice>' or 'piper'"
+VOICE_NAMES = (
+    "'espeak', 'espeak:<voice>', 'piper' or 'openai:<voice>' (an OpenAI-compatible speech "
+    "server), or several separated by commas"
+)
+STT_NAMES = (
+    "'whisper' (faster-whisper, offline), 'openai:<model>' (an OpenAI-compatible "
+    "transcription server) or 'vosk-server:ws://HOST:PORT', or several separated by commas"
+)
 
 
 def _error(message: str) -> Exception:
@@ -28,9 +35,23 @@ def check_llm_name(name: str) -> None:
 
 
 def check_voice_name(name: str) -> None:
-    if name in ("espeak", "piper") or name.startswith("espeak:"):
-        return
-    raise _error(f"voice={name!r}: use {VOICE_NAMES}")
+    for part in name.split(","):
+        part = part.strip()
+        if part in ("espeak", "piper") or part.startswith("espeak:"):
+            continue
+        if part.startswith("openai:") and len(part) > 7:
+            continue
+        raise _error(f"voice={name!r}: use {VOICE_NAMES}")
+
+
+def check_stt_name(name: str) -> None:
+    for part in name.split(","):
+        part = part.strip()
+        if part == "whisper" or (part.startswith("openai:") and len(part) > 7):
+            continue
+        if part.startswith(("vosk-server:ws://", "vosk-server:wss://")):
+            continue
+        raise _error(f"stt={name!r}: use {STT_NAMES}")
 
 
 def make_llm(name: str, settings: Settings) -> Any:
@@ -50,21 +71,65 @@ def make_llm(name: str, settings: Settings) -> Any:
     return FallbackLLM(providers, token_timeout_s=settings.llm_token_timeout_s)
 
 
-def make_tts(name: str) -> Any:
-    check_voice_name(name)
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def _one_tts(name: str, settings: Settings | None) -> Any:
     if name == "piper":
         from .tts.piper import PiperTTS
 
         return PiperTTS()
+    if name.startswith("openai:"):
+        from ..settings import Settings as _Settings
+        from .remote import OpenAICompatTTS
+
+        s = settings or _Settings()
+        return OpenAICompatTTS(
+            name[7:],
+            model=s.tts_model,
+            base_url=s.tts_base_url or s.llm_base_url,
+            api_key=_secret(s.tts_api_key or s.llm_api_key),
+        )
     from .tts.espeak import EspeakTTS
 
     return EspeakTTS(voice=name.partition(":")[2] or "en-us")
 
 
+def make_tts(name: str, settings: Settings | None = None) -> Any:
+    """One voice, or a chain that falls back when a voice fails before its
+    first audio."""
+    check_voice_name(name)
+    parts = [p.strip() for p in name.split(",")]
+    if len(parts) == 1:
+        return _one_tts(parts[0], settings)
+    from .fallback import FallbackTTS
+
+    return FallbackTTS([_one_tts(p, settings) for p in parts])
+
+
 def make_stt(settings: Settings) -> Any:
+    """The configured recogniser(s), behind a fallback chain with a deadline."""
+    from .fallback import FallbackSTT
+    from .remote import OpenAICompatSTT, VoskServerSTT
     from .stt import WhisperSTT
 
-    return WhisperSTT(model_dir=settings.stt_model_dir)
+    check_stt_name(settings.stt)
+    providers: list[Any] = []
+    for part in (p.strip() for p in settings.stt.split(",")):
+        if part.startswith("openai:"):
+            providers.append(
+                OpenAICompatSTT(
+                    part[7:],
+                    base_url=settings.stt_base_url or settings.llm_base_url,
+                    api_key=_secret(settings.stt_api_key or settings.llm_api_key),
+                )
+            )
+        elif part.startswith("vosk-server:"):
+            providers.append(VoskServerSTT(part[12:]))
+        else:
+            providers.append(WhisperSTT(model_dir=settings.stt_model_dir))
+    return FallbackSTT(providers, timeout_s=settings.stt_timeout_s)
 
 
 async def warm_up(llm: Any, stt: Any, tools: bool) -> None:
