@@ -25,6 +25,7 @@ from typing import Any
 from . import log
 from .call import TTS, Call, Handler
 from .control.ami import AMIController, AMIError
+from .control.esl import ESLController, ESLError
 from .media import AudioIn, CallMedia, DtmfIn, MediaEnded
 from .settings import Settings, is_loopback, split_hostport
 
@@ -101,6 +102,7 @@ class Agent:
         self._handlers: dict[str, list[Handler]] = {name: [] for name in EVENTS}
         self.calls: dict[str, Call] = {}
         self.control: AMIController | None = None
+        self.esl: ESLController | None = None
         self._tts: TTS | None = None
         self._llm: Any = None
         self._stt: Any = None
@@ -136,8 +138,13 @@ class Agent:
 
     # call control ------------------------------------------------------------
     def _require_control(
-        self, what: str, error: type[CallControlError] = CallControlError
-    ) -> AMIController:
+        self, what: str, error: type[CallControlError] = CallControlError, call: Call | None = None
+    ) -> Any:
+        """The controller for this call's PBX: AMI for Asterisk, ESL for FreeSWITCH."""
+        if call is not None and call.pbx == "freeswitch":
+            if self.esl is None:
+                raise error(f"cannot {what}: the bridge has no Event Socket connection")
+            return self.esl
         if self.control is None:
             raise error(f"cannot {what}: the bridge has no AMI connection")
         return self.control
@@ -149,60 +156,84 @@ class Agent:
         include_transcript: bool = True,
         via: str = "redirect",
     ) -> None:
-        """Hand the caller to a human (``voiceos-humans,<target>,1`` in the dialplan).
+        """Hand the caller to a human (``voiceos-humans``/``<target>`` in the dialplan).
 
-        The transcript so far goes with the call as the channel variable
-        ``VOICEOS_TRANSCRIPT`` when ``include_transcript`` is true.
-        ``via="redirect"`` moves the channel with AMI Redirect at once;
-        ``via="dialplan"`` sets ``VOICEOS_HANDOFF`` and ends the media
-        session, so the ``voiceos-agent`` Gosub returns the target and the
-        inbound context dials it.
+        The transcript so far goes with the call when ``include_transcript``
+        is true: as the channel variable ``VOICEOS_TRANSCRIPT`` on Asterisk,
+        ``voiceos_transcript`` on FreeSWITCH (which also gets a
+        ``voiceos::handoff`` event with the whole transcript as its body).
+        ``via="redirect"`` moves the channel at once (AMI Redirect,
+        ``uuid_transfer``); on Asterisk ``via="dialplan"`` sets
+        ``VOICEOS_HANDOFF`` and ends the media session, so the
+        ``voiceos-agent`` Gosub returns the target and the inbound context
+        dials it.
         """
         if via not in ("redirect", "dialplan"):
             raise ValueError(f"via must be 'redirect' or 'dialplan', not {via!r}")
         target = target or self.human_target
-        control = self._require_control(f"transfer to {target}", TransferError)
+        control = self._require_control(f"transfer to {target}", TransferError, call)
         try:
-            if include_transcript:
-                await control.set_var(call.id, "VOICEOS_TRANSCRIPT", call.transcript_text())
-            await control.set_var(call.id, "VOICEOS_HANDOFF", target)
-            if via == "redirect":
-                await control.redirect(call.id, target)
-        except (AMIError, TimeoutError) as exc:
+            if call.pbx == "freeswitch":
+                await self._handoff_freeswitch(call, control, target, include_transcript)
+            else:
+                if include_transcript:
+                    await control.set_var(call.id, "VOICEOS_TRANSCRIPT", call.transcript_text())
+                await control.set_var(call.id, "VOICEOS_HANDOFF", target)
+                if via == "redirect":
+                    await control.redirect(call.id, target)
+        except (AMIError, ESLError, TimeoutError) as exc:
             raise TransferError(f"transfer to {target} failed: {exc}") from exc
         call.transferred_to = target
         logger.info(log.kv(event="transferred", target=target, via=via))
-        if via == "dialplan":
+        if via == "dialplan" and call.pbx != "freeswitch":
             await call.hangup()
 
+    async def _handoff_freeswitch(
+        self, call: Call, esl: ESLController, target: str, include_transcript: bool
+    ) -> None:
+        if include_transcript:
+            text = call.transcript_text()
+            await esl.set_var(call.id, "voiceos_transcript", text)
+            await esl.send_event(
+                "voiceos::handoff", {"Unique-ID": call.id, "Voiceos-Target": target}, text
+            )
+        # the agent's stream ends with the handoff; the human leg has no bridge
+        await esl.api(f"uuid_audio_stream {call.id} stop")
+        await esl.redirect(call.id, target)
+
     async def start_recording(self, call: Call, name: str | None = None) -> str:
-        """Record the call on the PBX (MixMonitor): one WAV with both sides,
-        plus the caller's and the agent's legs. Returns the mixed file's path
-        on the PBX."""
-        control = self._require_control("record")
-        base = f"/var/spool/asterisk/monitor/{name or 'voiceos-' + call.id}"
-        options = f"r({base}-caller.wav)t({base}-agent.wav)"
+        """Record the call on the PBX. Asterisk (MixMonitor): one WAV with
+        both sides, plus the caller's and the agent's legs; FreeSWITCH
+        (``uuid_record``): one WAV. Returns the file's path on the PBX."""
+        control = self._require_control("record", call=call)
+        stem = name or "voiceos-" + call.id
+        if call.pbx == "freeswitch":
+            path = f"{self.settings.freeswitch_recordings_dir.rstrip('/')}/{stem}.wav"
+            options = ""
+        else:
+            base = f"/var/spool/asterisk/monitor/{stem}"
+            path, options = f"{base}.wav", f"r({base}-caller.wav)t({base}-agent.wav)"
         try:
-            await control.start_recording(call.id, f"{base}.wav", options)
-        except (AMIError, TimeoutError) as exc:
+            await control.start_recording(call.id, path, options)
+        except (AMIError, ESLError, TimeoutError) as exc:
             raise CallControlError(f"recording failed: {exc}") from exc
-        call.recordings.append(f"{base}.wav")
-        logger.info(log.kv(event="recording_started", file=f"{base}.wav"))
-        return f"{base}.wav"
+        call.recordings.append(path)
+        logger.info(log.kv(event="recording_started", file=path))
+        return path
 
     async def stop_recording(self, call: Call) -> None:
-        control = self._require_control("stop recording")
+        control = self._require_control("stop recording", call=call)
         try:
             await control.stop_recording(call.id)
-        except (AMIError, TimeoutError) as exc:
+        except (AMIError, ESLError, TimeoutError) as exc:
             raise CallControlError(f"stopping the recording failed: {exc}") from exc
 
     async def hangup(self, call: Call) -> None:
-        """Hang the caller up at the PBX (AMI Hangup), not just the media."""
-        control = self._require_control("hang up")
+        """Hang the caller up at the PBX (AMI Hangup, ``uuid_kill``), not just the media."""
+        control = self._require_control("hang up", call=call)
         try:
             await control.hangup(call.id)
-        except (AMIError, TimeoutError) as exc:
+        except (AMIError, ESLError, TimeoutError) as exc:
             raise CallControlError(f"hangup failed: {exc}") from exc
 
     # the per-call loop -----------------------------------------------------
@@ -230,10 +261,12 @@ class Agent:
         """Run one call from its first frame to its end."""
         call = Call(self, media, self._tts_provider())
         self.calls[call.id] = call
-        if self.control is not None:
+        if self.control is not None and call.pbx == "asterisk":
             info = self.control.channels.get(call.id)
             if info is not None:
                 call.caller, call.called = info.caller, info.called
+        call.caller = call.caller or getattr(media, "caller", "")
+        call.called = call.called or getattr(media, "called", "")
         logger.info(log.kv(event="call_started", pbx=call.pbx, rate=call.sample_rate))
         if self.model is not None:
             await self._converse(call, media)
@@ -378,14 +411,62 @@ class Agent:
         )
         self.server = server
         await server.start(host, port)
+        self.stream_server = await self._start_freeswitch(recorder) if s.freeswitch_stream else None
         if ready is not None:
             ready.set()
         try:
             await (stop.wait() if stop is not None else asyncio.Event().wait())
         finally:
             await server.close()
+            if self.stream_server is not None:
+                await self.stream_server.close()
             if self.control is not None:
                 await self.control.close()
+            if self.esl is not None:
+                await self.esl.close()
+
+    async def _start_freeswitch(self, recorder: Any) -> Any:
+        """The mod_audio_stream WebSocket server, and ESL control if configured."""
+        from .audio.pacer import FrameClock
+        from .transports.audiostream import AudioStreamServer
+
+        s = self.settings
+        assert s.freeswitch_stream is not None
+        host, port = split_hostport(s.freeswitch_stream)
+        if not is_loopback(host) and not s.allow_remote_stream:
+            raise ConfigurationError(
+                f"refusing to listen on {host}: set VOICEOS_ALLOW_REMOTE_STREAM=true to accept "
+                "FreeSWITCH streams from the network (they are token-authenticated)"
+            )
+        token = s.stream_token.get_secret_value() if s.stream_token else ""
+        if len(token) < 16:
+            raise ConfigurationError(
+                "VOICEOS_STREAM_TOKEN must be set (16 characters or more) to accept FreeSWITCH "
+                "streams; put the same token in the stream URL of the FreeSWITCH dialplan"
+            )
+        if s.esl_password is not None:
+            self.esl = ESLController(s.esl_host, s.esl_port, s.esl_password.get_secret_value())
+            self.esl.start()
+        elif s.stream_playback == "files":
+            raise ConfigurationError(
+                "stream_playback='files' plays agent audio over the Event Socket: set "
+                "VOICEOS_ESL_PASSWORD (or use a module that plays streamAudio itself: "
+                "VOICEOS_STREAM_PLAYBACK=inject)"
+            )
+        stream = AudioStreamServer(
+            self.handle_call,
+            token,
+            clock=FrameClock(),
+            control=self.esl,
+            playback=s.stream_playback,
+            chunk_ms=s.stream_chunk_ms,
+            max_calls=s.max_calls,
+            handshake_timeout=s.handshake_timeout_s,
+            max_frame_bytes=s.max_frame_bytes,
+            recorder=recorder,
+        )
+        await stream.start(host, port)
+        return stream
 
     def _rate_hint(self, call_id: str) -> int | None:
         info = self.control.channels.get(call_id) if self.control is not None else None

@@ -82,6 +82,42 @@ class Settings(BaseSettings):
         None, description="AMI secret. Unset: the managed Asterisk's generated one."
     )
 
+    # FreeSWITCH -------------------------------------------------------------
+    freeswitch_stream: str | None = Field(
+        None,
+        description="Address the mod_audio_stream WebSocket server listens on "
+        "(e.g. 127.0.0.1:9093). Unset: no FreeSWITCH media.",
+    )
+    stream_token: SecretStr | None = Field(
+        None,
+        description="Token FreeSWITCH must present (URL path or Bearer header); "
+        "required with freeswitch_stream, at least 16 characters.",
+    )
+    allow_remote_stream: bool = Field(
+        False, description="Permit a non-loopback WebSocket listener (it is token-authenticated)."
+    )
+    stream_playback: str = Field(
+        "files",
+        description="How FreeSWITCH plays agent audio: 'files' (upstream mod_audio_stream, "
+        "played with uuid_broadcast), 'inject' (forks that play streamAudio directly), "
+        "'fork' (mod_audio_fork playAudio/killAudio).",
+    )
+    stream_chunk_ms: int = Field(
+        200,
+        ge=20,
+        le=2000,
+        description="Least agent audio per streamAudio message while more is coming "
+        "(each message costs FreeSWITCH a short seam of silence).",
+    )
+    esl_host: str = "127.0.0.1"
+    esl_port: int = 8021
+    esl_password: SecretStr | None = Field(
+        None, description="Event Socket password. Unset: no FreeSWITCH call control."
+    )
+    freeswitch_recordings_dir: str = Field(
+        "/tmp", description="Directory on the FreeSWITCH host for uuid_record files."
+    )
+
     # Managed Asterisk (tests and the lab) --------------------------------
     state_dir: Path = Field(default_factory=default_state_dir)
     asterisk_root: Path | None = Field(
@@ -131,6 +167,20 @@ class Settings(BaseSettings):
     @classmethod
     def _check_addr(cls, v: str) -> str:
         split_hostport(v)
+        return v
+
+    @field_validator("freeswitch_stream")
+    @classmethod
+    def _check_stream_addr(cls, v: str | None) -> str | None:
+        if v is not None:
+            split_hostport(v)
+        return v
+
+    @field_validator("stream_playback")
+    @classmethod
+    def _check_playback(cls, v: str) -> str:
+        if v not in ("files", "inject", "fork"):
+            raise ValueError("stream_playback must be 'files', 'inject' or 'fork'")
         return v
 
     @property

@@ -1,0 +1,320 @@
+"""Call control over FreeSWITCH's Event Socket (inbound: we connect to it).
+
+One connection serves every call in the bridge. It authenticates, subscribes
+to the events the bridge uses (answer, DTMF, hangup and mod_audio_stream's
+custom events), runs API commands one at a time in order, and reconnects with
+backoff when FreeSWITCH goes away; commands in flight then fail with a clear
+error and the calls' media carries on.
+
+Why our own codec on asyncio rather than a library: greenswitch runs on
+gevent, which cannot share the bridge's asyncio loop without a thread per
+connection, and the asyncio ESL libraries on PyPI either pull in a framework
+of their own or do not bound what they read. ESL is a small protocol
+(``protocols/esl.py``, about 200 lines); owning it gives bounded parsing,
+newline-safe commands and the same error handling as the AudioSocket side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .. import log
+from ..protocols import esl
+
+logger = log.get(__name__)
+
+EVENTS = (
+    "CHANNEL_ANSWER",
+    "CHANNEL_HANGUP_COMPLETE",
+    "DTMF",
+    "PLAYBACK_START",
+    "PLAYBACK_STOP",
+    "CUSTOM",
+    "mod_audio_stream::connect",
+    "mod_audio_stream::disconnect",
+    "mod_audio_stream::error",
+    "mod_audio_stream::json",
+    "mod_audio_stream::play",
+    "voiceos::handoff",
+)
+
+
+class ESLError(RuntimeError):
+    """A command failed or FreeSWITCH could not be reached."""
+
+
+class ESLAuthError(ESLError):
+    """FreeSWITCH refused the password."""
+
+
+@dataclass
+class FSChannel:
+    uuid: str
+    caller: str = ""
+    called: str = ""
+    answered: bool = False
+    variables: dict[str, str] = field(default_factory=dict)
+
+
+Listener = Callable[[esl.Event], None]
+
+
+class _Connection:
+    """One authenticated ESL connection: a reader task and a FIFO of replies."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.parser = esl.Parser()
+        self.replies: collections.deque[asyncio.Future[esl.Message]] = collections.deque()
+        self._pending: collections.deque[esl.Message] = collections.deque()
+        self.lock = asyncio.Lock()
+
+    async def read_message(self, timeout: float | None = None) -> esl.Message:
+        while not self._pending:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                raise ConnectionResetError("FreeSWITCH closed the event socket")
+            self._pending.extend(self.parser.feed(data))
+        return self._pending.popleft()
+
+    async def request(self, data: bytes, timeout: float) -> esl.Message:
+        async with self.lock:  # a command and its reply slot go in together
+            fut: asyncio.Future[esl.Message] = asyncio.get_running_loop().create_future()
+            self.replies.append(fut)
+            self.writer.write(data)
+        return await asyncio.wait_for(asyncio.shield(fut), timeout)
+
+    def fail_all(self, exc: BaseException) -> None:
+        while self.replies:
+            fut = self.replies.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+
+class ESLController:
+    """``await esl.api("uuid_break <uuid> all")`` and friends, plus events."""
+
+    pbx = "freeswitch"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        password: str,
+        *,
+        connect_timeout: float = 5.0,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._password = password
+        self.connect_timeout = connect_timeout
+        self.max_backoff = max_backoff
+        self.channels: dict[str, FSChannel] = {}
+        self.transferred: set[str] = set()
+        self._listeners: list[Listener] = []
+        self._conn: _Connection | None = None
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.connects = 0
+        self.last_error: str | None = None
+
+    # lifecycle ---------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._ready.is_set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="esl")
+
+    async def wait_ready(self, timeout: float = 5.0) -> bool:
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._drop(ESLError("event socket closed"))
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while not self._closing:
+            try:
+                await self._session()
+                backoff = 0.5  # a session that ran resets the backoff
+            except asyncio.CancelledError:
+                raise
+            except ESLAuthError as exc:
+                self.last_error = str(exc)
+                logger.error(log.kv(event="esl_auth_failed", error=exc, retry_s=self.max_backoff))
+                backoff = self.max_backoff  # a wrong password will not fix itself soon
+            except (OSError, TimeoutError, esl.ProtocolError, ConnectionError) as exc:
+                self.last_error = str(exc) or type(exc).__name__
+                logger.warning(
+                    log.kv(
+                        event="esl_unavailable",
+                        address=f"{self.host}:{self.port}",
+                        error=self.last_error,
+                        retry_s=backoff,
+                    )
+                )
+            self._drop(ESLError(f"event socket lost: {self.last_error}"))
+            if self._closing:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    def _drop(self, exc: BaseException) -> None:
+        self._ready.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.fail_all(exc)
+            conn.writer.close()
+
+    async def _session(self) -> None:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port), self.connect_timeout
+        )
+        conn = _Connection(reader, writer)
+        try:
+            hello = await conn.read_message(self.connect_timeout)
+            if hello.content_type != "auth/request":
+                raise esl.ProtocolError(f"expected auth/request, got {hello.content_type!r}")
+            writer.write(esl.encode_auth(self._password))
+            reply = await conn.read_message(self.connect_timeout)
+            if not reply.ok:
+                raise ESLAuthError(
+                    f"FreeSWITCH at {self.host}:{self.port} refused the password "
+                    f"({reply.reply_text or 'no reply'}): check VOICEOS_ESL_PASSWORD"
+                )
+            writer.write(esl.encode_command("event json " + " ".join(EVENTS)))
+            reply = await conn.read_message(self.connect_timeout)
+            if not reply.ok:
+                raise ESLError(f"event subscription refused: {reply.reply_text}")
+        except BaseException:
+            writer.close()
+            raise
+        self._conn = conn
+        self.connects += 1
+        self._ready.set()
+        logger.info(log.kv(event="esl_connected", address=f"{self.host}:{self.port}"))
+        while True:
+            self._dispatch(conn, await conn.read_message())
+
+    def _dispatch(self, conn: _Connection, msg: esl.Message) -> None:
+        ctype = msg.content_type
+        if ctype in ("api/response", "command/reply"):
+            if conn.replies:
+                fut = conn.replies.popleft()
+                if not fut.done():
+                    fut.set_result(msg)
+            return
+        if ctype == "text/disconnect-notice":
+            raise ConnectionResetError("FreeSWITCH sent a disconnect notice")
+        try:
+            event = msg.event()
+        except esl.ProtocolError as exc:
+            logger.warning(log.kv(event="esl_bad_event", error=exc))
+            return
+        if event is None:
+            return
+        self._track(event)
+        for listener in tuple(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # one listener's bug must not stop the socket
+                logger.exception(log.kv(event="esl_listener_error", name=event.name))
+
+    def _track(self, event: esl.Event) -> None:
+        uuid = event.uuid
+        if not uuid:
+            return
+        if event.name == "CHANNEL_ANSWER":
+            self.channels[uuid] = FSChannel(
+                uuid,
+                caller=event.get("Caller-Caller-ID-Number"),
+                called=event.get("Caller-Destination-Number"),
+                answered=True,
+            )
+        elif event.name == "CHANNEL_HANGUP_COMPLETE":
+            self.channels.pop(uuid, None)
+            self.transferred.discard(uuid)
+
+    # commands -------------------------------------------------------------------
+    async def api(self, command: str, timeout: float = 5.0) -> str:
+        """Run an API command; its text on success, :class:`ESLError` otherwise."""
+        conn = self._conn
+        if conn is None or not self._ready.is_set():
+            raise ESLError(f"not connected to FreeSWITCH at {self.host}:{self.port}")
+        try:
+            reply = await conn.request(esl.encode_api(command), timeout)
+        except TimeoutError as exc:
+            raise ESLError(f"{command.split()[0]}: no reply within {timeout:g} s") from exc
+        text = reply.body.decode("utf-8", "replace").strip()
+        if not reply.ok:
+            raise ESLError(f"{command.split()[0]} failed: {text or reply.reply_text}")
+        return text
+
+    async def send_event(self, subclass: str, headers: dict[str, str], body: str = "") -> None:
+        conn = self._conn
+        if conn is None:
+            raise ESLError("not connected to FreeSWITCH")
+        data = esl.encode_command(
+            "sendevent CUSTOM",
+            {"Event-Subclass": subclass, **{k: esl.one_line(v) for k, v in headers.items()}},
+            body.encode(),
+        )
+        reply = await conn.request(data, 5.0)
+        if not reply.ok:
+            raise ESLError(f"sendevent failed: {reply.reply_text}")
+
+    # the bridge's call control, as on Asterisk ----------------------------------
+    async def set_var(self, call_id: str, name: str, value: str) -> None:
+        await self.api(f"uuid_setvar {call_id} {name} {esl.one_line(value) or '_undef_'}")
+
+    async def hangup(self, call_id: str, cause: str = "NORMAL_CLEARING") -> None:
+        await self.api(f"uuid_kill {call_id} {cause}")
+
+    async def redirect(self, call_id: str, target: str, context: str = "voiceos-humans") -> None:
+        await self.api(f"uuid_transfer {call_id} {target} XML {context}")
+        self.transferred.add(call_id)
+
+    async def start_recording(self, call_id: str, path: str, options: str = "") -> None:
+        await self.api(f"uuid_record {call_id} start {path}")
+
+    async def stop_recording(self, call_id: str, path: str = "all") -> None:
+        await self.api(f"uuid_record {call_id} stop {path}")
+
+    async def break_playback(self, call_id: str) -> None:
+        await self.api(f"uuid_break {call_id} all")
+
+    async def broadcast(self, call_id: str, path: str) -> None:
+        await self.api(f"uuid_broadcast {call_id} {path} aleg")
+
+    async def start_stream(
+        self,
+        call_id: str,
+        url: str,
+        mix: str = "mono",
+        rate: int = 8000,
+        metadata: dict[str, object] | None = None,
+    ) -> None:
+        meta = json.dumps(metadata or {"uuid": call_id}, separators=(",", ":"))
+        await self.api(f"uuid_audio_stream {call_id} start {url} {mix} {rate // 1000}k {meta}")
