@@ -39,6 +39,7 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 FRAME = 320  # mono 8 kHz, 20 ms
 SEAM_S = 0.10  # silence between two queued uuid_broadcast playbacks (measured)
@@ -112,6 +113,7 @@ class FreeSwitchStandin:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.handshakes: list[bytes] = []
+        self._outbound_subs: dict[str, tuple[asyncio.StreamWriter, set[str]]] = {}
         self.port = 0
 
     # --- ESL server ----------------------------------------------------------------
@@ -199,6 +201,44 @@ class FreeSwitchStandin:
         finally:
             self._clients = [(w, s) for w, s in self._clients if w is not writer]
 
+    async def _outbound(self, call: StandinCall, host: str, port: int) -> None:
+        """``socket host:port async full``: FreeSWITCH connects to the bridge."""
+        reader, writer = await asyncio.open_connection(host, port)
+        subs: set[str] = set()
+        try:
+            while True:
+                head = await reader.readuntil(b"\n\n")
+                command = head.decode().split("\n", 1)[0]
+                self.commands.append(command)
+                if command == "connect":
+                    fields = {
+                        **self._channel(call),
+                        "Answer-State": "answered",
+                        "Channel-State": "CS_EXECUTE",
+                        "Content-Type": "command/reply",
+                        "Reply-Text": "+OK",
+                        "Socket-Mode": "async",
+                        "Control": "full",
+                    }
+                    lines = [f"{k}: {quote(v, safe='')}" for k, v in fields.items()]
+                    writer.write(("\n".join(lines) + "\n\n").encode())
+                elif command.startswith("myevents"):
+                    subs.add("ALL")
+                    self._outbound_subs[call.uuid] = (writer, subs)
+                    writer.write(_reply("+OK Events Enabled"))
+                elif command == "linger":
+                    writer.write(_reply("+OK will linger"))
+                elif command.startswith("api "):
+                    writer.write(_api(await self._api(command[4:])))
+                else:
+                    writer.write(_reply("-ERR command not found"))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self._outbound_subs.pop(call.uuid, None)
+            writer.close()
+
     def _fire(self, headers: dict[str, str], body: str | None = None) -> None:
         headers = {
             "Event-Name": headers.get("Event-Name", "CUSTOM"),
@@ -209,7 +249,8 @@ class FreeSwitchStandin:
         self.events_sent.append({**headers, "_body": body or ""})
         data = _event_bytes(headers, body)
         name, sub = headers["Event-Name"], headers.get("Event-Subclass", "")
-        for writer, subs in self._clients:
+        linked = self._outbound_subs.get(headers.get("Unique-ID", ""))
+        for writer, subs in [*self._clients, *([linked] if linked else [])]:
             if "ALL" in subs or name in subs and (name != "CUSTOM" or sub in subs or not sub):
                 writer.write(data)
 
@@ -250,6 +291,11 @@ class FreeSwitchStandin:
             return "+OK\n"
         if cmd == "uuid_record" and call is not None:
             return "+OK Success\n"
+        if cmd == "uuid_audio_stream" and call is not None and args[1] == "start":
+            # uuid_audio_stream <uuid> start <url> <mix> <rate> [metadata with spaces]
+            url, meta = args[2], " ".join(args[5:])
+            self._spawn(self._stream(call, meta, url))
+            return "+OK Success\n"
         if cmd == "uuid_audio_stream" and call is not None and args[1] == "stop":
             self._spawn(self._close_stream(call, 1000, ""))
             return "+OK Success\n"
@@ -262,15 +308,21 @@ class FreeSwitchStandin:
         hold_s: float,
         caller: str = "5551234",
         called: str = "100",
+        outbound: tuple[str, int] | None = None,
     ) -> StandinCall:
         """Answer a call from the trunk, run the voiceos_agent dialplan (stream
-        to the bridge, park), and let the caller speak ``script``."""
+        to the bridge, park), and let the caller speak ``script``. With
+        ``outbound``, run the socket variant instead: connect to the bridge's
+        outbound event-socket server and let it start the stream."""
         call = StandinCall(str(uuidlib.uuid4()), caller, called, script, hold_s)
         call.timeline = bytearray(int(hold_s * 8000) * 2)
         for at, pcm in script:
             call.say(pcm, at)
         self.calls[call.uuid] = call
         self._fire({"Event-Name": "CHANNEL_ANSWER", **self._channel(call)})
+        if outbound is not None:
+            self._spawn(self._outbound(call, *outbound))
+            return call
         meta = json.dumps(
             {"uuid": call.uuid, "rate": 8000, "mix": "mono", "caller": caller, "called": called},
             separators=(",", ":"),
@@ -278,8 +330,8 @@ class FreeSwitchStandin:
         self._spawn(self._stream(call, meta))
         return call
 
-    async def _stream(self, call: StandinCall, metadata: str) -> None:
-        rest = self.stream_url.removeprefix("ws://")
+    async def _stream(self, call: StandinCall, metadata: str, url: str | None = None) -> None:
+        rest = (url or self.stream_url).removeprefix("ws://")
         hostport, _, path = rest.partition("/")
         host, port = hostport.rsplit(":", 1)
         try:
@@ -508,6 +560,14 @@ class FreeSwitchStandin:
         self._fire(
             {"Event-Name": "CHANNEL_HANGUP_COMPLETE", "Hangup-Cause": cause, **self._channel(call)}
         )
+        linked = self._outbound_subs.get(uuid)
+        if linked is not None:  # lingering: the notice, then the socket closes
+            notice = b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
+            linked[0].write(
+                b"Content-Type: text/disconnect-notice\nContent-Disposition: linger\n"
+                b"Content-Length: %d\n\n" % len(notice) + notice
+            )
+            linked[0].close()
         # mod_audio_stream deletes its files when the stream stops
         for i in range(call.files):
             for ext in ("r8", "r16"):

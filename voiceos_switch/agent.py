@@ -411,10 +411,12 @@ class Agent:
         )
         self.server = server
         await server.start(host, port)
-        self.stream_server = await self._start_freeswitch(recorder) if s.freeswitch_stream else None
-        if ready is not None:
-            ready.set()
+        self.stream_server: Any = None
         try:
+            if s.freeswitch_stream:
+                self.stream_server = await self._start_freeswitch(recorder)
+            if ready is not None:
+                ready.set()
             await (stop.wait() if stop is not None else asyncio.Event().wait())
         finally:
             await server.close()
@@ -444,14 +446,22 @@ class Agent:
                 "VOICEOS_STREAM_TOKEN must be set (16 characters or more) to accept FreeSWITCH "
                 "streams; put the same token in the stream URL of the FreeSWITCH dialplan"
             )
-        if s.esl_password is not None:
-            self.esl = ESLController(s.esl_host, s.esl_port, s.esl_password.get_secret_value())
+        if s.esl_outbound:
+            out_host, _ = split_hostport(s.esl_outbound)
+            if not is_loopback(out_host):
+                raise ConfigurationError(
+                    f"refusing to listen on {out_host} for outbound event sockets (they carry "
+                    "no authentication): keep VOICEOS_ESL_OUTBOUND on loopback"
+                )
+        if s.esl_password is not None or s.esl_outbound:
+            password = s.esl_password.get_secret_value() if s.esl_password else None
+            self.esl = ESLController(s.esl_host, s.esl_port, password)
             self.esl.start()
         elif s.stream_playback == "files":
             raise ConfigurationError(
                 "stream_playback='files' plays agent audio over the Event Socket: set "
-                "VOICEOS_ESL_PASSWORD (or use a module that plays streamAudio itself: "
-                "VOICEOS_STREAM_PLAYBACK=inject)"
+                "VOICEOS_ESL_PASSWORD or VOICEOS_ESL_OUTBOUND (or use a module that plays "
+                "streamAudio itself: VOICEOS_STREAM_PLAYBACK=inject)"
             )
         stream = AudioStreamServer(
             self.handle_call,
@@ -466,6 +476,8 @@ class Agent:
             recorder=recorder,
         )
         await stream.start(host, port)
+        if s.esl_outbound and self.esl is not None:
+            await self.esl.serve_outbound(*split_hostport(s.esl_outbound), stream.url)
         return stream
 
     def _rate_hint(self, call_id: str) -> int | None:

@@ -46,6 +46,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             return _fail(str(exc))
         overrides["audiosocket"] = args.audiosocket
+    if args.freeswitch:
+        try:
+            split_hostport(args.freeswitch)
+        except ValueError as exc:
+            return _fail(str(exc))
+        overrides["freeswitch_stream"] = args.freeswitch
     if args.record_dir:
         overrides["recordings_dir"] = Path(args.record_dir)
     settings = Settings(**overrides)
@@ -60,7 +66,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ValueError, ConfigurationError) as exc:
         return _fail(str(exc))
     except OSError as exc:
-        return _fail(f"cannot listen on {settings.audiosocket}: {exc.strerror or exc}")
+        where = settings.audiosocket
+        if settings.freeswitch_stream:
+            where += f" or {settings.freeswitch_stream}"
+        return _fail(f"cannot listen on {where}: {exc.strerror or exc}")
     return 0
 
 
@@ -145,11 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
 
-    serve = sub.add_parser("serve", help="run the bridge (AudioSocket server and agent)")
+    serve = sub.add_parser(
+        "serve", help="run the bridge (AudioSocket and FreeSWITCH servers, and the agent)"
+    )
     serve.add_argument(
         "--audiosocket",
         metavar="HOST:PORT",
         help="listen address (default 127.0.0.1:9092, or VOICEOS_AUDIOSOCKET)",
+    )
+    serve.add_argument(
+        "--freeswitch",
+        metavar="HOST:PORT",
+        help="also accept FreeSWITCH mod_audio_stream connections here (e.g. 127.0.0.1:9093; "
+        "needs VOICEOS_STREAM_TOKEN, and VOICEOS_ESL_PASSWORD for playback and control)",
     )
     serve.add_argument("--agent", metavar="MODULE:ATTR", help="your Agent, e.g. app:agent")
     serve.add_argument("--record-dir", metavar="DIR", help="write both legs of each call as WAV")

@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     esl_password: SecretStr | None = Field(
         None, description="Event Socket password. Unset: no FreeSWITCH call control."
     )
+    esl_outbound: str | None = Field(
+        None,
+        description="Accept FreeSWITCH outbound event-socket connections here (the dialplan's "
+        "'socket HOST:PORT async full'), e.g. 127.0.0.1:9094; each call's stream and control "
+        "then run over its own connection.",
+    )
     freeswitch_recordings_dir: str = Field(
         "/tmp", description="Directory on the FreeSWITCH host for uuid_record files."
     )
@@ -169,7 +175,7 @@ class Settings(BaseSettings):
         split_hostport(v)
         return v
 
-    @field_validator("freeswitch_stream")
+    @field_validator("freeswitch_stream", "esl_outbound")
     @classmethod
     def _check_stream_addr(cls, v: str | None) -> str | None:
         if v is not None:

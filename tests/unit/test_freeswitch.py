@@ -375,3 +375,38 @@ async def test_a_stream_that_dies_ends_its_call_only(tmp_path: Path) -> None:
         assert len(h.audio[b.uuid]) >= 16000 * 2 * 0.8  # its 2 s of frames kept coming
     finally:
         await _teardown(standin, ctl, server)
+
+
+async def test_outbound_event_socket_starts_the_stream_and_plays(tmp_path: Path) -> None:
+    """The dialplan's ``socket ... async full`` variant: no inbound event
+    socket at all; the call's own connection starts the stream and plays."""
+    h = Harness(tmp_path)
+    standin = FreeSwitchStandin(PASSWORD, "", tmp_path)
+    await standin.start()
+    ctl = ESLController("127.0.0.1", 1, None)  # outbound only
+    server = AudioStreamServer(h.on_call, TOKEN, clock=FrameClock(), control=ctl)
+    await server.start("127.0.0.1", 0)
+    try:
+        host, port = await ctl.serve_outbound("127.0.0.1", 0, server.url)
+        call = await standin.place_call([], hold_s=2.5, outbound=(host, port))
+        for _ in range(100):
+            if h.calls:
+                break
+            await asyncio.sleep(0.02)
+        media = h.calls[0]
+        assert media.call_id == call.uuid and ctl.channels[call.uuid].caller == "5551234"
+        assert await asyncio.wait_for(media.send_audio(b"\x00\x08" * 8000).wait(), 5)
+        await asyncio.wait_for(call.done.wait(), 5)
+        assert standin.commands[:3] == ["connect", "myevents json", "linger"]
+        assert any(c.startswith("api uuid_broadcast") for c in standin.commands)
+        played = sum(stop - start for start, stop, _ in call.plays)
+        assert 0.9 < played < 1.2
+        for _ in range(50):
+            if call.uuid not in ctl._outbound:
+                break
+            await asyncio.sleep(0.02)
+        assert call.uuid not in ctl._outbound  # the lingering socket closed after the hangup
+    finally:
+        await server.close()
+        await ctl.close()
+        await standin.close()

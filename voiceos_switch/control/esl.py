@@ -22,6 +22,7 @@ import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from .. import log
 from ..protocols import esl
@@ -106,7 +107,7 @@ class ESLController:
         self,
         host: str,
         port: int,
-        password: str,
+        password: str | None,
         *,
         connect_timeout: float = 5.0,
         max_backoff: float = 10.0,
@@ -122,6 +123,10 @@ class ESLController:
         self._conn: _Connection | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._outbound: dict[str, _Connection] = {}
+        self._outbound_server: asyncio.Server | None = None
+        self._outbound_tasks: set[asyncio.Task[None]] = set()
+        self._stream_url: Callable[[], str] | None = None
         self._closing = False
         self.connects = 0
         self.last_error: str | None = None
@@ -132,6 +137,9 @@ class ESLController:
         return self._conn is not None and self._ready.is_set()
 
     def start(self) -> None:
+        """Connect to FreeSWITCH's event socket (inbound), if a password is set."""
+        if self._password is None:
+            return
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="esl")
 
@@ -144,6 +152,13 @@ class ESLController:
 
     async def close(self) -> None:
         self._closing = True
+        if self._outbound_server is not None:
+            self._outbound_server.close()
+        for conn in list(self._outbound.values()):
+            conn.writer.close()
+        for task in list(self._outbound_tasks):
+            task.cancel()
+        await asyncio.gather(*self._outbound_tasks, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -197,7 +212,7 @@ class ESLController:
             hello = await conn.read_message(self.connect_timeout)
             if hello.content_type != "auth/request":
                 raise esl.ProtocolError(f"expected auth/request, got {hello.content_type!r}")
-            writer.write(esl.encode_auth(self._password))
+            writer.write(esl.encode_auth(self._password or ""))
             reply = await conn.read_message(self.connect_timeout)
             if not reply.ok:
                 raise ESLAuthError(
@@ -217,6 +232,78 @@ class ESLController:
         logger.info(log.kv(event="esl_connected", address=f"{self.host}:{self.port}"))
         while True:
             self._dispatch(conn, await conn.read_message())
+
+    # outbound: FreeSWITCH connects to us, one connection per call -------------------
+    async def serve_outbound(
+        self, host: str, port: int, stream_url: Callable[[], str]
+    ) -> tuple[str, int]:
+        """Accept ``socket HOST:PORT async full`` connections from the dialplan;
+        each call's stream is started, and its control runs, over its own
+        connection. ``stream_url()`` gives the bridge's WebSocket address."""
+        self._stream_url = stream_url
+        self._outbound_server = await asyncio.start_server(self._outbound_client, host, port)
+        sock = self._outbound_server.sockets[0].getsockname()
+        logger.info(log.kv(event="esl_outbound_listening", address=f"{sock[0]}:{sock[1]}"))
+        return sock[0], sock[1]
+
+    def _outbound_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.get_running_loop().create_task(self._outbound_call(reader, writer))
+        self._outbound_tasks.add(task)
+        task.add_done_callback(self._outbound_tasks.discard)
+
+    async def _outbound_call(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        conn = _Connection(reader, writer)
+        uuid = ""
+        try:
+            writer.write(esl.encode_command("connect"))
+            hello = await conn.read_message(self.connect_timeout)
+            channel = {k: unquote(v) for k, v in hello.headers.items()}
+            uuid = channel.get("Unique-ID") or channel.get("Channel-Unique-ID", "")
+            if not uuid:
+                raise esl.ProtocolError("the outbound connection named no channel")
+            self._outbound[uuid] = conn
+            self.channels[uuid] = FSChannel(
+                uuid,
+                caller=channel.get("Caller-Caller-ID-Number", ""),
+                called=channel.get("Caller-Destination-Number", ""),
+                answered=channel.get("Answer-State") == "answered",
+            )
+            reader_task = asyncio.get_running_loop().create_task(self._read_loop(conn))
+            try:
+                for command in ("myevents json", "linger"):
+                    reply = await conn.request(esl.encode_command(command), self.connect_timeout)
+                    if not reply.ok:
+                        raise ESLError(f"{command} refused: {reply.reply_text}")
+                if self._stream_url is not None:
+                    meta = {
+                        "uuid": uuid,
+                        "rate": 8000,
+                        "mix": "mono",
+                        "caller": self.channels[uuid].caller,
+                        "called": self.channels[uuid].called,
+                    }
+                    await self.start_stream(uuid, self._stream_url(), metadata=meta)
+                logger.info(log.kv(event="esl_outbound_call"), extra={"call_id": uuid})
+                await reader_task
+            finally:
+                reader_task.cancel()
+        except (OSError, TimeoutError, ConnectionError, esl.ProtocolError, ESLError) as exc:
+            logger.warning(
+                log.kv(event="esl_outbound_closed", error=str(exc) or type(exc).__name__),
+                extra={"call_id": uuid or "-"},
+            )
+        finally:
+            if uuid and self._outbound.get(uuid) is conn:
+                del self._outbound[uuid]
+            conn.fail_all(ESLError("the call's event socket closed"))
+            writer.close()
+
+    async def _read_loop(self, conn: _Connection) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while True:
+                self._dispatch(conn, await conn.read_message())
 
     def _dispatch(self, conn: _Connection, msg: esl.Message) -> None:
         ctype = msg.content_type
@@ -258,10 +345,18 @@ class ESLController:
             self.transferred.discard(uuid)
 
     # commands -------------------------------------------------------------------
+    def _connection_for(self, command: str) -> _Connection | None:
+        """A call's own outbound connection for its ``uuid_*`` commands, else
+        the inbound one."""
+        parts = command.split(" ", 2)
+        if len(parts) > 1 and parts[0].startswith("uuid_") and parts[1] in self._outbound:
+            return self._outbound[parts[1]]
+        return self._conn if self._ready.is_set() else None
+
     async def api(self, command: str, timeout: float = 5.0) -> str:
         """Run an API command; its text on success, :class:`ESLError` otherwise."""
-        conn = self._conn
-        if conn is None or not self._ready.is_set():
+        conn = self._connection_for(command)
+        if conn is None:
             raise ESLError(f"not connected to FreeSWITCH at {self.host}:{self.port}")
         try:
             reply = await conn.request(esl.encode_api(command), timeout)
@@ -273,7 +368,7 @@ class ESLController:
         return text
 
     async def send_event(self, subclass: str, headers: dict[str, str], body: str = "") -> None:
-        conn = self._conn
+        conn = self._connection_for(f"uuid_ {headers.get('Unique-ID', '')}")
         if conn is None:
             raise ESLError("not connected to FreeSWITCH")
         data = esl.encode_command(
