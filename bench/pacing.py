@@ -1,4 +1,5 @@
-"""Outbound pacing under load: N concurrent AudioSocket calls on loopback.
+"""Outbound pacing under load: N concurrent calls on loopback, over AudioSocket
+(the default) or the FreeSWITCH mod_audio_stream WebSocket (``--transport ws``).
 
 The bridge runs in its own process (the real AudioSocketServer and frame
 clock, with an agent that talks non-stop). A load generator in a second
@@ -11,8 +12,15 @@ own clock, and timestamps every frame the bridge sends back. Reported per N:
   schedule), p50 / p99 / max;
 - bridge CPU (percent of one core) and resident memory per call.
 
+Over the WebSocket the bridge does not send 20 ms frames: it hands
+FreeSWITCH agent audio in messages that FreeSWITCH plays as files, keeping a
+little ahead. There the receiver reports underruns instead of frame jitter:
+a message that arrives after the previous one would have finished playing is
+an audible gap (its length is reported), on top of FreeSWITCH's own seam.
+
     .venv/bin/python bench/pacing.py               # 1, 50, 200, 500 calls
     .venv/bin/python bench/pacing.py --calls 200 --seconds 20 --json out.json
+    .venv/bin/python bench/pacing.py --transport ws --calls 200
 """
 
 from __future__ import annotations
@@ -34,15 +42,19 @@ PHASES = 10
 # --------------------------------------------------------------------------
 # the bridge process
 # --------------------------------------------------------------------------
-def serve(port: int) -> None:
+WS_TOKEN = "bench-token-0123456789abcdef"
+
+
+def serve(port: int, transport: str = "audiosocket") -> None:
     from voiceos_switch.audio import pacer as pacer_mod
     from voiceos_switch.audio.pcm import tone
     from voiceos_switch.transports.audiosocket import AudioSocketCall, AudioSocketServer
+    from voiceos_switch.transports.audiostream import AudioStreamServer
 
     lateness: list[float] = []
     wakes: list[float] = []
 
-    async def talk(call: AudioSocketCall) -> None:
+    async def talk(call: AudioSocketCall) -> None:  # or a StreamCall: the same interface
         """An agent that never stops talking: the pacer always has audio."""
         speech = tone((440.0, 660.0), 1000, call.sample_rate)
 
@@ -66,7 +78,19 @@ def serve(port: int) -> None:
 
     async def main() -> None:
         clock = pacer_mod.FrameClock(MeasuredClock())
-        server = AudioSocketServer(talk, clock=clock, max_calls=10_000, handshake_timeout=30)
+        server: AudioSocketServer | AudioStreamServer
+        if transport == "ws":
+            # "inject": the receiver plays what it gets; no event socket needed
+            server = AudioStreamServer(
+                talk,
+                WS_TOKEN,
+                clock=clock,
+                playback="inject",
+                max_calls=10_000,
+                handshake_timeout=30,
+            )
+        else:
+            server = AudioSocketServer(talk, clock=clock, max_calls=10_000, handshake_timeout=30)
         await server.start("127.0.0.1", port)
         print("ready", flush=True)
         loop = asyncio.get_running_loop()
@@ -178,12 +202,87 @@ async def load(port: int, calls: int, seconds: float, warmup: float) -> dict[str
     }
 
 
-def run_one(calls: int, seconds: float, port: int) -> dict[str, object]:
+async def load_ws(port: int, calls: int, seconds: float, warmup: float) -> dict[str, object]:
+    """FreeSWITCH's side: N streams of 20 ms frames; the agent's messages are
+    timed as if played back to back on arrival."""
+    import base64
+
+    import websockets
+
+    loop = asyncio.get_running_loop()
+    conns = []
+    for i in range(calls):
+        ws = await websockets.connect(
+            f"ws://127.0.0.1:{port}/{WS_TOKEN}", compression=None, max_size=2**22
+        )
+        meta = {"uuid": str(uuid.uuid4()), "rate": 8000, "mix": "mono"}
+        await ws.send(json.dumps(meta))
+        conns.append(ws)
+        if i % 50 == 49:
+            await asyncio.sleep(0.01)
+    recording = False
+    gaps: list[float] = []
+    leads: list[float] = []
+    messages = 0
+
+    async def receive(ws: object) -> None:
+        nonlocal messages
+        play_end = 0.0
+        async for raw in ws:  # type: ignore[attr-defined]
+            now = loop.time()
+            msg = json.loads(raw)
+            seconds_of_audio = len(base64.b64decode(msg["data"]["audioData"])) / 2 / 8000
+            if recording:
+                messages += 1
+                if play_end and now > play_end:
+                    gaps.append((now - play_end) * 1000)
+                elif play_end:
+                    leads.append((play_end - now) * 1000)
+            play_end = max(now, play_end) + seconds_of_audio
+
+    receivers = [asyncio.create_task(receive(ws)) for ws in conns]
+    frame = bytes(320)
+    groups = [conns[g::PHASES] for g in range(PHASES)]
+    step = FRAME / PHASES
+    start = time.monotonic()
+    n = 0
+    end = start + warmup + seconds
+    while True:
+        n += 1
+        deadline = start + n * step
+        if deadline > end:
+            break
+        delay = deadline - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if not recording and time.monotonic() - start >= warmup:
+            recording = True
+        for ws in groups[n % PHASES]:
+            await ws.send(frame)
+    recording = False
+    for ws in conns:
+        await ws.close()
+    await asyncio.gather(*receivers, return_exceptions=True)
+    return {
+        "underruns": len(gaps),
+        "underrun_ms": _pcts(gaps),
+        "lead_ms": _pcts(leads),
+        "messages": messages,
+        # comparable fields for the table
+        "jitter_ms": _pcts(gaps),
+        "frames_received": messages,
+        "frames_expected": 0,
+    }
+
+
+def run_one(
+    calls: int, seconds: float, port: int, transport: str = "audiosocket"
+) -> dict[str, object]:
     import psutil
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     bridge = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port)],
+        [sys.executable, __file__, "--serve", str(port), "--transport", transport],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -197,7 +296,8 @@ def run_one(calls: int, seconds: float, port: int) -> dict[str, object]:
     warmup = 2.0
 
     async def measure() -> dict[str, object]:
-        task = asyncio.create_task(load(port, calls, seconds, warmup))
+        loader = load_ws if transport == "ws" else load
+        task = asyncio.create_task(loader(port, calls, seconds, warmup))
         await asyncio.sleep(warmup)
         bridge.stdin.write("reset\n")  # type: ignore[union-attr]
         bridge.stdin.flush()  # type: ignore[union-attr]
@@ -222,6 +322,7 @@ def run_one(calls: int, seconds: float, port: int) -> dict[str, object]:
     stats = json.loads(bridge.stdout.readline())
     bridge.wait(10)
     result.update(
+        transport=transport,
         calls=calls,
         seconds=seconds,
         bridge_tick_lateness_ms=stats["lateness_ms"],
@@ -237,18 +338,21 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--port", type=int, default=19092)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--transport", choices=["audiosocket", "ws"], default="audiosocket")
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.transport)
         return
     results = []
     print(
         f"{'calls':>5} {'rx jitter p50/p99/max ms':>24} {'tx jitter p50/p99/max ms':>26} "
         f"{'cpu %':>6} {'KB/call':>8} {'frames':>14}"
     )
+    if args.transport == "ws":
+        print("(ws: rx columns are underruns: gaps p50/p99/max ms; frames = messages)")
     for n in args.calls:
-        r = run_one(n, args.seconds, args.port)
+        r = run_one(n, args.seconds, args.port, args.transport)
         results.append(r)
         j, t = r["jitter_ms"], r["bridge_tick_jitter_ms"]
         print(

@@ -243,3 +243,76 @@ def test_providers_are_chosen_by_name() -> None:
         registry.check_stt_name("vosk:x")
     with pytest.raises(ValueError, match="voice='openai:'"):
         registry.check_voice_name("openai:")
+
+
+def _sse(obj: dict[str, object]) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+async def test_streamed_tool_call_deltas_are_assembled() -> None:
+    """A server that streams a tool call the way OpenAI's API does: the id
+    and name first, the JSON arguments in fragments, two calls interleaved."""
+    from voiceos_switch.conversation.tools import Tool
+    from voiceos_switch.providers.llm import OpenAICompatLLM, ToolCallRequest
+
+    seen: list[dict[str, object]] = []
+
+    async def completions(request: Request) -> Response:
+        seen.append(json.loads(await request.body()))
+
+        def delta(d: dict[str, object], finish: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": d, "finish_reason": finish}
+            return _sse({"id": "c1", "object": "chat.completion.chunk", "created": 1,
+                         "model": "m", "choices": [choice]})
+
+        def call(i: int, **fn: str) -> dict[str, object]:
+            entry: dict[str, object] = {"index": i, "function": fn}
+            if "name" in fn:
+                entry.update(id=f"call_{i}", type="function")
+            return {"tool_calls": [entry]}
+
+        async def body() -> AsyncIterator[bytes]:
+            yield delta({"role": "assistant", "content": None})
+            yield delta(call(0, name="lookup_order", arguments=""))
+            yield delta(call(0, arguments='{"order_'))
+            yield delta(call(1, name="store_hours", arguments='{"day": "sat'))
+            yield delta(call(0, arguments='number": "427"}'))
+            yield delta(call(1, arguments='urday"}'))
+            yield delta({}, "tool_calls")
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
+    port = _free_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(uv.serve())
+    try:
+        for _ in range(100):
+            if uv.started:
+                break
+            await asyncio.sleep(0.05)
+
+        def lookup_order(order_number: str) -> str:
+            """Look up an order."""
+            return "shipped"
+
+        def store_hours(day: str) -> str:
+            """Opening hours on a day."""
+            return "nine to five"
+
+        llm = OpenAICompatLLM("m", base_url=f"http://127.0.0.1:{port}/v1")
+        tools = [Tool.from_function(lookup_order), Tool.from_function(store_hours)]
+        events = [e async for e in llm.stream([{"role": "user", "content": "hi"}], tools)]
+        calls = [e for e in events if isinstance(e, ToolCallRequest)]
+        assert [(c.id, c.name, json.loads(c.arguments)) for c in calls] == [
+            ("call_0", "lookup_order", {"order_number": "427"}),
+            ("call_1", "store_hours", {"day": "saturday"}),
+        ]
+        sent_tools = seen[0]["tools"]
+        assert isinstance(sent_tools, list)
+        params = sent_tools[0]["function"]["parameters"]
+        assert params["properties"]["order_number"]["type"] == "string"
+    finally:
+        uv.should_exit = True
+        await serving
