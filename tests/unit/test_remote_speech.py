@@ -262,8 +262,15 @@ async def test_streamed_tool_call_deltas_are_assembled() -> None:
 
         def delta(d: dict[str, object], finish: str | None = None) -> bytes:
             choice = {"index": 0, "delta": d, "finish_reason": finish}
-            return _sse({"id": "c1", "object": "chat.completion.chunk", "created": 1,
-                         "model": "m", "choices": [choice]})
+            return _sse(
+                {
+                    "id": "c1",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": "m",
+                    "choices": [choice],
+                }
+            )
 
         def call(i: int, **fn: str) -> dict[str, object]:
             entry: dict[str, object] = {"index": i, "function": fn}
