@@ -211,16 +211,21 @@ class FreeSwitchStandin:
                 command = head.decode().split("\n", 1)[0]
                 self.commands.append(command)
                 if command == "connect":
+                    # CHANNEL_DATA: the channel's headers, URL-encoded, then the reply
                     fields = {
+                        "Event-Name": "CHANNEL_DATA",
+                        "Core-UUID": CORE_UUID,
+                        "Channel-State": "CS_EXECUTE",
                         **self._channel(call),
                         "Answer-State": "answered",
-                        "Channel-State": "CS_EXECUTE",
-                        "Content-Type": "command/reply",
-                        "Reply-Text": "+OK",
-                        "Socket-Mode": "async",
-                        "Control": "full",
                     }
                     lines = [f"{k}: {quote(v, safe='')}" for k, v in fields.items()]
+                    lines += [
+                        "Content-Type: command/reply",
+                        "Reply-Text: %2BOK%0A",
+                        "Socket-Mode: async",
+                        "Control: full",
+                    ]
                     writer.write(("\n".join(lines) + "\n\n").encode())
                 elif command.startswith("myevents"):
                     subs.add("ALL")
@@ -562,10 +567,10 @@ class FreeSwitchStandin:
         )
         linked = self._outbound_subs.get(uuid)
         if linked is not None:  # lingering: the notice, then the socket closes
-            notice = b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
             linked[0].write(
-                b"Content-Type: text/disconnect-notice\nContent-Disposition: linger\n"
-                b"Content-Length: %d\n\n" % len(notice) + notice
+                f"Content-Type: text/disconnect-notice\nControlled-Session-UUID: {uuid}\n"
+                f"Content-Disposition: linger\nChannel-Name: {self._channel(call)['Channel-Name']}\n"
+                "Linger-Time: -1\nContent-Length: 0\n\n".encode()
             )
             linked[0].close()
         # mod_audio_stream deletes its files when the stream stops

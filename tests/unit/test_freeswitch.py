@@ -377,6 +377,57 @@ async def test_a_stream_that_dies_ends_its_call_only(tmp_path: Path) -> None:
         await _teardown(standin, ctl, server)
 
 
+async def test_outbound_standin_matches_the_real_exchange(tmp_path: Path) -> None:
+    """The real outbound session (FreeSWITCH's ``socket`` app calling the
+    bridge): the stand-in's connect reply, command replies and lingering
+    disconnect notice have the same messages and header names."""
+    # in this capture FreeSWITCH is the connecting side ("c2s")
+    real = esl.Parser().feed(stream_bytes("esl-outbound-session.jsonl", "c2s"))
+    sent = [b for _, d, b in capture("esl-outbound-session.jsonl") if d == "s2c"]
+    assert sent[:3] == [b"connect\n\n", b"myevents json\n\n", b"linger\n\n"]
+    real_connect = real[0]
+    assert real_connect.headers["Reply-Text"] == "%2BOK%0A"  # URL-encoded, unlike any other reply
+    assert real_connect.headers["Event-Name"] == "CHANNEL_DATA"
+    notice = real[-1]
+    assert notice.content_type == "text/disconnect-notice"
+
+    got: list[bytes] = []
+
+    async def bridge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for command in (b"connect\n\n", b"myevents json\n\n", b"linger\n\n"):
+            writer.write(command)
+            got.append(await reader.readuntil(b"\n\n"))
+        got.append(await reader.read())  # events, then the notice at hangup
+
+    server = await asyncio.start_server(bridge, "127.0.0.1", 0)
+    standin = FreeSwitchStandin(PASSWORD, "", tmp_path)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        call = await standin.place_call([], hold_s=1.0, outbound=("127.0.0.1", port))
+        await asyncio.sleep(0.3)
+        await standin.hang_up(call.uuid)
+        await asyncio.sleep(0.2)
+    finally:
+        server.close()
+        await standin.close()
+    ours = esl.Parser().feed(b"".join(got))
+    connect = ours[0]
+    assert connect.headers["Reply-Text"] == real_connect.headers["Reply-Text"]
+    needed = [
+        "Event-Name",
+        "Unique-ID",
+        "Caller-Caller-ID-Number",
+        "Caller-Destination-Number",
+        "Answer-State",
+        "Content-Type",
+        "Socket-Mode",
+        "Control",
+    ]
+    assert all(k in real_connect.headers and k in connect.headers for k in needed)
+    assert [m.reply_text for m in ours[1:3]] == [m.reply_text for m in real[1:3]]
+    assert list(ours[-1].headers) == list(notice.headers)
+
+
 async def test_outbound_event_socket_starts_the_stream_and_plays(tmp_path: Path) -> None:
     """The dialplan's ``socket ... async full`` variant: no inbound event
     socket at all; the call's own connection starts the stream and plays."""
