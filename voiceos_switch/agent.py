@@ -16,7 +16,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import json
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -73,11 +75,13 @@ class Agent:
         human_target: str | None = None,
         style: str = "balanced",
         stt: str | None = None,
+        name: str = "agent",
         settings: Settings | None = None,
     ) -> None:
         from .conversation.endpoint import STYLES
         from .providers import registry
 
+        self.name = name
         self.settings = settings or Settings()
         if stt is not None:
             self.settings = self.settings.model_copy(update={"stt": stt})
@@ -108,6 +112,8 @@ class Agent:
         self._stt: Any = None
         #: per-call conversation metrics, kept for the call record and benchmarks
         self.conversations: dict[str, Any] = {}
+        self._store: Any = None
+        self._outbox_wakeup: asyncio.Event | None = None
 
     # events ----------------------------------------------------------------
     def on(self, event: str) -> Callable[[Handler], Handler]:
@@ -292,14 +298,16 @@ class Agent:
                 await asyncio.gather(speaking, return_exceptions=True)
             call.ended_at = time.time()
             reason = getattr(media, "end_reason", None)
+            call.end_reason = getattr(reason, "reason", "ended")
             logger.info(
                 log.kv(
                     event="call_ended",
-                    reason=getattr(reason, "reason", "ended"),
+                    reason=call.end_reason,
                     turns=len(call.transcript),
                     dtmf="".join(call.dtmf) or "-",
                 )
             )
+            await self._write_record(call, None)
             await self._emit("call_ended", call)
             self.calls.pop(call.id, None)
 
@@ -328,13 +336,67 @@ class Agent:
             await conversation.run()
         finally:
             call.ended_at = time.time()
+            reason = getattr(media, "end_reason", None)
+            call.end_reason = getattr(reason, "reason", "ended")
             logger.info(
                 log.kv(
                     event="call_ended", turns=len(call.transcript), barge_ins=conversation.barge_ins
                 )
             )
+            await self._write_record(call, conversation)
             await self._emit("call_ended", call)
             self.calls.pop(call.id, None)
+
+    # call records --------------------------------------------------------------
+    @property
+    def store(self) -> Any:
+        """The durable call store (created and migrated on first use)."""
+        if self._store is None:
+            from .records.store import Store
+
+            store = Store(self.settings.resolved_database_url)
+            store.migrate()
+            self._store = store
+        return self._store
+
+    async def _write_record(self, call: Call, conversation: Any) -> None:
+        """The call's record goes to disk before anything else sees the end of
+        the call. If the store cannot take it, the record is written as a JSON
+        file next to it, so it is never lost."""
+        from .jobs.kinds import ANALYZE
+        from .records.record import build_record
+
+        record = build_record(call, conversation, self.settings)
+        kinds = (ANALYZE,) if self.settings.redis_url else ()
+        try:
+            await asyncio.to_thread(self.store.save_call, record, kinds)
+            logger.info(log.kv(event="record_written", cost=record["cost"]["total"]))
+        except Exception as exc:  # noqa: BLE001 - a record must survive any store fault
+            path = self.settings.state_dir / "records-unsaved" / f"{call.id}.json"
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(record))
+                where = str(path)
+            except OSError as io_exc:
+                where = f"nowhere ({io_exc}); record follows: {json.dumps(record)}"
+            logger.error(log.kv(event="record_store_failed", error=repr(exc), saved_to=where))
+            return
+        if self._outbox_wakeup is not None:
+            self._outbox_wakeup.set()
+
+    async def _run_outbox(self) -> None:
+        """Hand stored analysis jobs to the queue; keep them while it is down."""
+        from .jobs.outbox import Outbox
+
+        assert self._outbox_wakeup is not None
+        outbox = Outbox(self.store, self.settings)
+        while True:
+            await outbox.flush()
+            try:
+                await asyncio.wait_for(self._outbox_wakeup.wait(), outbox.retry_s)
+            except TimeoutError:
+                pass
+            self._outbox_wakeup.clear()
 
     async def _builtin_dtmf(
         self, call: Call, digit: str, speaking: asyncio.Task[Any] | None
@@ -397,7 +459,8 @@ class Agent:
                 )
             )
         await self.load_models()
-        recorder = WavRecorder(s.recordings_dir) if s.recordings_dir else None
+        rec_dir = s.resolved_recordings_dir
+        recorder = WavRecorder(rec_dir) if rec_dir is not None else None
         server = AudioSocketServer(
             self.handle_call,
             clock=FrameClock(),
@@ -412,7 +475,12 @@ class Agent:
         self.server = server
         await server.start(host, port)
         self.stream_server: Any = None
+        outbox: asyncio.Task[None] | None = None
         try:
+            await asyncio.to_thread(lambda: self.store)  # migrate before the first call ends
+            if s.redis_url:
+                self._outbox_wakeup = asyncio.Event()
+                outbox = asyncio.create_task(self._run_outbox(), name="outbox")
             if s.freeswitch_stream:
                 self.stream_server = await self._start_freeswitch(recorder)
             if ready is not None:
@@ -420,6 +488,11 @@ class Agent:
             await (stop.wait() if stop is not None else asyncio.Event().wait())
         finally:
             await server.close()
+            if outbox is not None:
+                await asyncio.sleep(0)  # let a record written just now reach the queue
+                outbox.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await outbox
             if self.stream_server is not None:
                 await self.stream_server.close()
             if self.control is not None:

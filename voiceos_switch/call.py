@@ -37,6 +37,22 @@ class Turn:
 
 
 @dataclass
+class Usage:
+    """What the call consumed from the providers, for the cost per minute.
+    LLM tokens are the provider's count where it reports one, otherwise
+    estimated at four characters a token."""
+
+    stt_seconds: float = 0.0
+    llm_tokens_in: int = 0
+    llm_tokens_out: int = 0
+    tts_chars: int = 0
+
+    @staticmethod
+    def tokens(text: str) -> int:
+        return max(1, round(len(text) / 4)) if text else 0
+
+
+@dataclass
 class ReviewFlag:
     reason: str
     at: float = field(default_factory=time.time)
@@ -59,6 +75,10 @@ class Call:
         self.dtmf: list[str] = []
         self.transferred_to: str | None = None
         self.recordings: list[str] = []
+        self.usage = Usage()
+        self.tool_calls: list[dict[str, Any]] = []
+        self.emotions: list[dict[str, Any]] = []
+        self.end_reason = ""
         self._speech: asyncio.Task[Turn] | None = None
 
     @property
@@ -83,6 +103,7 @@ class Call:
         carry = b""
         playouts: list[Playout] = []
         try:
+            self.usage.tts_chars += len(text)
             async for chunk in self._tts.stream(text, self.media.sample_rate):
                 if self.media.ended or any(p.interrupted for p in playouts):
                     break

@@ -8,6 +8,7 @@ import importlib
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import log
 from .settings import Settings, split_hostport
@@ -148,6 +149,199 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(Path(args.wav) if args.wav else None, args.json, args.voice)
 
 
+def _store() -> object:
+    from .records.store import Store
+
+    store = Store(Settings().resolved_database_url)
+    store.migrate()
+    return store
+
+
+def _when(ts: float | None) -> str:
+    import datetime
+
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_calls(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        store = _store()
+        return _calls(args, store)
+    except SQLAlchemyError as exc:
+        where = Settings().resolved_database_url
+        return _fail(f"cannot read the call store at {where}: {exc.__class__.__name__}: {exc}")
+    except BrokenPipeError:
+        return 0
+
+
+def _calls(args: argparse.Namespace, store: object) -> int:
+    import csv
+    import json
+
+    from .records.store import Store
+
+    assert isinstance(store, Store)
+    if args.action == "list":
+        rows = store.list_calls(args.limit)
+        if not rows:
+            print("no calls recorded yet")
+            return 0
+        print(
+            f"{'call id':36}  {'started':19}  {'pbx':10} {'caller':>12} {'min':>6} "
+            f"{'cost':>9}  analysed"
+        )
+        for r in rows:
+            print(
+                f"{r['id']:36}  {_when(r['started_at']):19}  {r['pbx']:10} {r['caller'] or '-':>12} "
+                f"{r['duration_s'] / 60:6.2f} {r['cost_total']:9.4f}  "
+                f"{'yes' if r['completed_at'] else 'no'}"
+            )
+        return 0
+    if args.action == "show":
+        if not args.id:
+            return _fail("calls show needs a call id (see `voiceos-switch calls list`)")
+        call_id = store.find_call(args.id)
+        if call_id is None:
+            return _fail(f"no single call matches {args.id!r} (see `voiceos-switch calls list`)")
+        record = store.get_call(call_id)
+        assert record is not None
+        record["analyses"] = store.get_analyses(call_id)
+        if args.json:
+            print(json.dumps(record, indent=2))
+            return 0
+        _print_call(record)
+        failed = {
+            k: v["result"].get("error")
+            for k, v in record["analyses"].items()
+            if v["status"] == "failed"
+        }
+        return 1 if failed else 0
+    if args.action == "export":
+        records = list(store.all_records())
+        if args.format == "json":
+            json.dump(records, sys.stdout, indent=2)
+            print()
+            return 0
+        writer = csv.writer(sys.stdout)
+        writer.writerow(
+            [
+                "id",
+                "pbx",
+                "agent",
+                "caller",
+                "called",
+                "started_at",
+                "duration_s",
+                "turns",
+                "transfers",
+                "flags",
+                "cost_total",
+                "cost_per_minute",
+            ]
+        )
+        for r in records:
+            writer.writerow(
+                [
+                    r["id"],
+                    r["pbx"],
+                    r["agent"],
+                    r["caller"],
+                    r["called"],
+                    _when(r["started_at"]),
+                    r["duration_s"],
+                    len(r["turns"]),
+                    ";".join(r["transfers"]),
+                    len(r["review_flags"]),
+                    r["cost"]["total"],
+                    r["cost"]["per_minute"],
+                ]
+            )
+        return 0
+    if args.action == "costs":
+        rows = store.cost_rollup()
+        print(f"{'day':10}  {'agent':16} {'calls':>6} {'minutes':>9} {'cost':>10} {'per min':>9}")
+        for r in rows:
+            print(
+                f"{r['day']:10}  {r['agent']:16} {r['calls']:>6} {r['minutes']:>9.2f} "
+                f"{r['cost']:>10.4f} {r['cost_per_minute']:>9.4f}"
+            )
+        return 0
+    return _fail(f"unknown action {args.action}")
+
+
+def _print_call(rec: dict[str, Any]) -> None:
+    print(f"call {rec['id']}  ({rec['pbx']}, agent {rec['agent']})")
+    print(
+        f"  from {rec['caller'] or '-'} to {rec['called'] or '-'}, {_when(rec['started_at'])}"
+        f", {float(rec['duration_s']):.1f} s, ended: {rec['end_reason'] or '-'}"
+    )
+    cost = rec["cost"]
+    print(f"  cost {cost['total']:.4f} ({cost['per_minute']:.4f} per minute)")
+    print("  transcript:")
+    for t in rec["turns"]:
+        cut = " [interrupted]" if t["interrupted"] else ""
+        print(f"    {t['role']:>6}: {t['text']}{cut}")
+    if rec["transfers"]:
+        print(f"  handed to: {', '.join(rec['transfers'])}")
+    analyses = rec.get("analyses") or {}
+    if not analyses:
+        print("  analyses: none yet")
+    for kind, a in sorted(analyses.items()):
+        if a["status"] == "failed":
+            print(f"  {kind}: FAILED: {a['result'].get('error')}")
+        elif kind == "summary":
+            print(f"  summary: {a['result']['summary']} ({a['result']['disposition']})")
+        elif kind == "qa":
+            flags = [f"{f['kind']} ({f['reason']})" for f in a["result"]["flags"]]
+            print(f"  qa: {'; '.join(flags) or 'no flags'}")
+        elif kind == "topics":
+            print(f"  topics: {', '.join(a['result']['keywords'])} -> {a['result']['cluster']}")
+        elif kind == "sentiment":
+            print(f"  sentiment: {a['result']['label']} ({a['result']['overall']})")
+        elif kind == "transcript":
+            res = a["result"]
+            print(
+                f"  re-transcribed: asr confidence {res.get('asr_confidence')}"
+                if "skipped" not in res
+                else f"  re-transcribed: {res['skipped']}"
+            )
+        elif kind == "cost":
+            ok = (
+                "matches the record" if a["result"]["matches_record"] else "DIFFERS from the record"
+            )
+            print(f"  cost check: {ok}")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .jobs.kinds import ALL_QUEUES
+
+    settings = Settings()
+    if not settings.redis_url:
+        return _fail("set VOICEOS_REDIS_URL (e.g. redis://127.0.0.1:6379/0) for the workers")
+    from .jobs.app import app
+
+    queues = args.queues or ",".join(ALL_QUEUES)
+    argv = [
+        "worker",
+        "-Q",
+        queues,
+        "--concurrency",
+        str(args.concurrency),
+        "--loglevel",
+        args.loglevel,
+        "-n",
+        f"voiceos-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    app.worker_main(argv)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voiceos-switch", description="AI voice agents on Asterisk and FreeSWITCH."
@@ -193,6 +387,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.add_argument("--voice", default="espeak", help="the agent's voice: espeak or piper")
     demo.set_defaults(func=cmd_demo)
+
+    calls = sub.add_parser("calls", help="the call records: list, show, export, costs")
+    calls.add_argument("action", choices=["list", "show", "export", "costs"])
+    calls.add_argument("id", nargs="?", help="with show: a call id (or its first characters)")
+    calls.add_argument("--limit", type=int, default=50, help="with list: how many, newest first")
+    calls.add_argument("--format", choices=["json", "csv"], default="json", help="with export")
+    calls.add_argument("--json", action="store_true", help="with show: the whole record as JSON")
+    calls.set_defaults(func=cmd_calls)
+
+    worker = sub.add_parser("worker", help="run a Celery worker for the post-call analyses")
+    worker.add_argument("--queues", help="comma-separated (default: all of them)")
+    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(func=cmd_worker)
 
     ast = sub.add_parser("asterisk", help="the managed Asterisk 22 for tests and the lab")
     ast.add_argument("action", choices=["up", "down", "status", "cli", "config"])

@@ -70,8 +70,11 @@ class Settings(BaseSettings):
         description="A call whose socket backs up by more than this much audio is dropped.",
     )
 
+    record_calls: bool = Field(
+        True, description="Record each call's caller and agent legs as WAV files on the bridge."
+    )
     recordings_dir: Path | None = Field(
-        None, description="Write each call's caller and agent legs as WAV files here."
+        None, description="Where the recordings go (default: state_dir/recordings)."
     )
 
     # Asterisk manager -----------------------------------------------------
@@ -165,6 +168,37 @@ class Settings(BaseSettings):
     tts_api_key: SecretStr | None = None
     tts_model: str = Field("tts-1", description="Model name sent to the speech server.")
 
+    # Call records and analytics --------------------------------------------
+    database_url: str | None = Field(
+        None,
+        description="Where call records go: a SQLAlchemy URL (sqlite:///path or "
+        "postgresql+psycopg://...). Default: SQLite in WAL mode at state_dir/calls.db.",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis for the Celery analysis workers (broker and results), e.g. "
+        "redis://127.0.0.1:6379/0. Unset: records are kept, no analyses run.",
+    )
+    analysis_model: str = Field(
+        "local", description="The model that writes call summaries (names as for Agent(model=...))."
+    )
+    job_visibility_timeout_s: int = Field(
+        300,
+        ge=5,
+        description="A task whose worker died is handed to another after this long.",
+    )
+    price_telephony_per_min: float = Field(0.0, ge=0, description="Carrier cost per minute.")
+    price_stt_per_min: float = Field(0.0, ge=0, description="Speech recognition per audio minute.")
+    price_llm_per_1k_tokens_in: float = Field(0.0, ge=0)
+    price_llm_per_1k_tokens_out: float = Field(0.0, ge=0)
+    price_tts_per_1k_chars: float = Field(0.0, ge=0)
+    qa_min_asr_confidence: float = Field(
+        0.6, ge=0, le=1, description="Calls whose re-transcription is less sure are flagged."
+    )
+    qa_long_silence_s: float = Field(
+        8.0, gt=0, description="A gap this long between turns is flagged."
+    )
+
     # Agent ----------------------------------------------------------------
     greeting: str = "Hello, you are speaking with the voice OS agent. Press a key on your phone."
     log_level: str = "INFO"
@@ -188,6 +222,16 @@ class Settings(BaseSettings):
         if v not in ("files", "inject", "fork"):
             raise ValueError("stream_playback must be 'files', 'inject' or 'fork'")
         return v
+
+    @property
+    def resolved_recordings_dir(self) -> Path | None:
+        if not self.record_calls:
+            return None
+        return self.recordings_dir or (self.state_dir / "recordings")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'calls.db'}"
 
     @property
     def asterisk_dir(self) -> Path:

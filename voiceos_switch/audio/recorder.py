@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import wave
 from pathlib import Path
 
@@ -31,8 +32,16 @@ class WavCallRecording:
         self._agent.writeframesraw(pcm)
 
     def close(self) -> None:
+        """Finish both files and put them on disk: the call record that points
+        at them is written right after."""
         self._caller.close()
         self._agent.close()
+        for path in (self.caller_path, self.agent_path):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 class WavRecorder:

@@ -359,6 +359,7 @@ class Conversation:
             self._no_turn()
             return
         metrics.stt_final = self.now()
+        self.call.usage.stt_seconds += transcript.audio_s
         text = transcript.text.strip()
         if not _has_words(text):
             logger.info(log.kv(event="no_words", audio_s=round(transcript.audio_s, 2)))
@@ -391,6 +392,10 @@ class Conversation:
         logger.info(log.kv(event="caller_turn", text=text, preemptive=metrics.preemptive))
         await self.emit("transcript", self.call, turn)
         self.metrics.append(metrics)
+        if self.call.transferred_to is not None or self.media.ended:
+            # a handler handed the caller to a person or hung up: say nothing more
+            self._cancel_preemption()
+            return
         self._start_reply(self._respond(metrics, preempted))
 
     def _no_turn(self) -> None:
@@ -482,6 +487,10 @@ class Conversation:
             turn = Turn("agent", "", time.time())
             self.call.transcript.append(turn)
             try:
+                usage = self.call.usage
+                usage.llm_tokens_in += sum(
+                    usage.tokens(str(m.get("content") or "")) for m in self._messages()
+                )
                 if preempted is not None and _round == 0:
                     stream = _drain(*preempted)  # generated while the endpoint waited
                 else:
@@ -499,6 +508,7 @@ class Conversation:
                         if isinstance(event, ToolCallRequest):
                             calls.append(event)
                         elif isinstance(event, TextDelta):
+                            usage.llm_tokens_out += usage.tokens(event.text)
                             for chunk in chunker.feed(event.text):
                                 spoken.append((chunk, await self._synth(chunk, metrics)))
                 for chunk in chunker.flush():
@@ -564,6 +574,14 @@ class Conversation:
                 except TimeoutError:
                     result = '{"error": "the lookup timed out"}'
             logger.info(log.kv(event="tool_called", tool=call.name, arguments=call.arguments))
+            self.call.tool_calls.append(
+                {
+                    "name": call.name,
+                    "arguments": call.arguments,
+                    "result": result,
+                    "at": time.time(),
+                }
+            )
             say = _say_field(result)
             if say:
                 direct.append(say)
@@ -577,6 +595,7 @@ class Conversation:
     async def _synth(self, text: str, metrics: TurnMetrics | None) -> Playout:
         """Synthesise one chunk and queue it; returns its playout."""
         audio = bytearray()
+        self.call.usage.tts_chars += len(text)
         async for pcm in self.tts.stream(text, self.rate):
             if metrics is not None and metrics.tts_first_audio is None:
                 metrics.tts_first_audio = self.now()

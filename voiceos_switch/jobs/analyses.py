@@ -1,0 +1,307 @@
+"""What the workers compute for each call. Plain functions of the stored
+record (and, for the transcript, its recordings), so they can be tested and
+timed without a queue."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import wave
+from collections import Counter
+from statistics import mean
+from typing import Any
+
+from ..records.record import costs
+from ..settings import Settings
+
+
+class PermanentError(Exception):
+    """Retrying cannot help: the input itself is bad (a corrupt recording)."""
+
+
+# --- re-transcription -----------------------------------------------------------
+
+
+def read_recording(path: str) -> tuple[bytes, int]:
+    try:
+        with wave.open(path, "rb") as w:
+            if w.getsampwidth() != 2 or w.getnchannels() != 1:
+                raise PermanentError(
+                    f"recording {path} is not 16-bit mono "
+                    f"({w.getsampwidth() * 8}-bit, {w.getnchannels()} channels)"
+                )
+            return w.readframes(w.getnframes()), w.getframerate()
+    except (wave.Error, EOFError) as exc:
+        raise PermanentError(f"recording {path} is unreadable: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise PermanentError(f"recording {path} is missing") from exc
+
+
+def transcript(record: dict[str, Any], settings: Settings, context: dict[str, Any]) -> Any:
+    """Both legs again with Whisper, with word timings; caller and agent apart."""
+    from ..providers.stt import WhisperSTT
+
+    legs = record.get("recordings") or {}
+    if not legs:
+        return {"skipped": "the call has no bridge-side recording"}
+    stt = WhisperSTT(model_dir=settings.stt_model_dir)
+    out: dict[str, Any] = {}
+    for leg in ("caller", "agent"):
+        if leg not in legs:
+            continue
+        pcm, rate = read_recording(legs[leg])
+        result = asyncio.run(stt.transcribe(pcm, rate))
+        words = [
+            {
+                "word": w.text,
+                "start": round(w.start, 2),
+                "end": round(w.end, 2),
+                "p": round(w.probability, 3),
+            }
+            for w in result.words
+        ]
+        out[leg] = {
+            "text": result.text,
+            "words": words,
+            "confidence": round(mean(w.probability for w in result.words), 3) if words else None,
+            "audio_s": round(len(pcm) / 2 / rate, 2),
+        }
+    caller = out.get("caller", {})
+    out["asr_confidence"] = caller.get("confidence")
+    return out
+
+
+# --- summary -------------------------------------------------------------------------
+
+
+def disposition(record: dict[str, Any]) -> str:
+    said = [t for t in record["turns"] if t["role"] == "caller" and t["text"]]
+    if record.get("transfers"):
+        return "escalated"
+    if not said:
+        return "no_conversation"
+    if record.get("review_flags"):
+        return "needs_review"
+    return "handled"
+
+
+def action_items(record: dict[str, Any]) -> list[str]:
+    items = [f"Follow up on {c['name']} {c['arguments']}" for c in record.get("tool_calls", [])]
+    items += [f"Human follow-up by {t}" for t in record.get("transfers", [])]
+    items += [f"Review: {f['reason']}" for f in record.get("review_flags", [])]
+    return items
+
+
+def summary(record: dict[str, Any], settings: Settings, context: dict[str, Any]) -> Any:
+    """A short summary from the configured model (the embedded one by default),
+    the disposition and action items from what the call record shows."""
+    from ..providers import registry
+    from ..providers.llm import TextDelta
+
+    text = "\n".join(f"{t['role']}: {t['text']}" for t in record["turns"] if t["text"])
+    if not text:
+        gist = "Nothing was said on the call."
+    else:
+        llm = registry.make_llm(settings.analysis_model, settings)
+        messages = [
+            {"role": "system", "content": "Summarise the phone call in one short sentence."},
+            {"role": "user", "content": text[-4000:]},
+        ]
+
+        async def run() -> str:
+            parts = [e.text async for e in llm.stream(messages, []) if isinstance(e, TextDelta)]
+            return "".join(parts).strip()
+
+        gist = asyncio.run(run())
+    return {
+        "summary": gist,
+        "disposition": disposition(record),
+        "action_items": action_items(record),
+        "model": settings.analysis_model,
+    }
+
+
+# --- sentiment and emotion over time --------------------------------------------------
+
+_WORDS = re.compile(r"[a-z']+")
+LEXICON: dict[str, set[str]] = {
+    "positive": {
+        "thanks",
+        "thank",
+        "great",
+        "good",
+        "perfect",
+        "wonderful",
+        "appreciate",
+        "helpful",
+        "awesome",
+        "excellent",
+        "love",
+        "nice",
+        "happy",
+        "glad",
+    },
+    "negative": {
+        "bad",
+        "terrible",
+        "awful",
+        "angry",
+        "frustrated",
+        "ridiculous",
+        "useless",
+        "wrong",
+        "problem",
+        "broken",
+        "worst",
+        "cancel",
+        "complaint",
+        "late",
+        "never",
+        "unacceptable",
+        "annoyed",
+        "disappointed",
+        "hate",
+    },
+    "frustration": {
+        "frustrated",
+        "ridiculous",
+        "useless",
+        "again",
+        "still",
+        "waiting",
+        "annoyed",
+        "angry",
+        "unacceptable",
+        "enough",
+        "already",
+    },
+    "confusion": {"confused", "understand", "mean", "unclear", "lost", "huh", "what"},
+    "urgency": {"urgent", "now", "immediately", "asap", "emergency", "quickly", "today", "hurry"},
+    "satisfaction": {
+        "thanks",
+        "thank",
+        "great",
+        "perfect",
+        "appreciate",
+        "helpful",
+        "wonderful",
+        "excellent",
+    },
+}
+
+
+def score_text(text: str) -> dict[str, float]:
+    words = _WORDS.findall(text.lower())
+    n = max(1, len(words))
+    pos = sum(w in LEXICON["positive"] for w in words)
+    neg = sum(w in LEXICON["negative"] for w in words)
+    out = {"sentiment": round((pos - neg) / max(1, pos + neg), 3) if pos + neg else 0.0}
+    for emotion in ("frustration", "confusion", "urgency", "satisfaction"):
+        hits = sum(w in LEXICON[emotion] for w in words)
+        out[emotion] = round(min(1.0, 3 * hits / n), 3)
+    return out
+
+
+def sentiment(record: dict[str, Any], settings: Settings, context: dict[str, Any]) -> Any:
+    """Per caller turn, from the words: sentiment in [-1, 1] and the four
+    emotions in [0, 1]; with the live emotion timeline when the call had one."""
+    start = record["started_at"]
+    timeline = [
+        {"t": round(t["started_at"] - start, 2), "text": t["text"], **score_text(t["text"])}
+        for t in record["turns"]
+        if t["role"] == "caller" and t["text"]
+    ]
+    overall = round(mean(p["sentiment"] for p in timeline), 3) if timeline else 0.0
+    return {
+        "overall": overall,
+        "label": "positive" if overall > 0.2 else "negative" if overall < -0.2 else "neutral",
+        "timeline": timeline,
+        "live": record.get("emotions", []),
+    }
+
+
+# --- topics across calls -----------------------------------------------------------------
+
+STOPWORDS = set(
+    """a about all am an and any are as at be but by can could do does for from
+    have hello hi how i i'm if in is it it's just know like me my no not of on
+    one or please so that the their there they this to uh um want was we what
+    when where which who will with would yes you your okay ok oh well need tell
+    thank thanks""".split()
+)
+
+
+def _terms(text: str) -> list[str]:
+    return [w for w in _WORDS.findall(text.lower()) if w not in STOPWORDS and len(w) > 2]
+
+
+def topics(record: dict[str, Any], settings: Settings, context: dict[str, Any]) -> Any:
+    """TF-IDF keywords of what the caller said, weighed against every stored
+    call; the call joins the cluster of its strongest keyword that other calls
+    share (its own top keyword when none is shared)."""
+    corpus: list[dict[str, Any]] = context.get("corpus") or [record]
+    docs = {
+        r["id"]: Counter(_terms(" ".join(t["text"] for t in r["turns"] if t["role"] == "caller")))
+        for r in corpus
+    }
+    docs.setdefault(
+        record["id"],
+        Counter(_terms(" ".join(t["text"] for t in record["turns"] if t["role"] == "caller"))),
+    )
+    df: Counter[str] = Counter()
+    for counts in docs.values():
+        df.update(set(counts))
+    n = len(docs)
+    mine = docs[record["id"]]
+    total = sum(mine.values()) or 1
+    weights = {w: c / total * math.log((1 + n) / (1 + df[w]) + 1) for w, c in mine.items()}
+    keywords = sorted(weights, key=lambda w: (-weights[w], w))[:5]
+    shared = [w for w in keywords if df[w] > 1]
+    cluster = shared[0] if shared else (keywords[0] if keywords else "none")
+    return {"keywords": keywords, "cluster": cluster, "calls_compared": n - 1}
+
+
+# --- cost and QA ---------------------------------------------------------------------------
+
+
+def cost(record: dict[str, Any], settings: Settings, context: dict[str, Any]) -> Any:
+    """The call's cost from its usage and the price table, checked against
+    what the bridge wrote at hangup."""
+    now = costs(record["usage"], record["duration_s"], settings)
+    return {
+        "usage": record["usage"],
+        "minutes": round(record["duration_s"] / 60, 4),
+        "cost": now,
+        "matches_record": all(abs(now[k] - record["cost"].get(k, 0.0)) < 1e-6 for k in now),
+    }
+
+
+def qa(record: dict[str, Any], settings: Settings, context: dict[str, Any]) -> Any:
+    flags: list[dict[str, Any]] = [
+        {"kind": "flagged", "reason": f["reason"]} for f in record.get("review_flags", [])
+    ]
+    flags += [
+        {"kind": "escalation", "reason": f"handed to {t}"} for t in record.get("transfers", [])
+    ]
+    confidence = (context.get("transcript") or {}).get("asr_confidence")
+    if confidence is not None and confidence < settings.qa_min_asr_confidence:
+        flags.append({"kind": "low_asr_confidence", "reason": f"confidence {confidence:.2f}"})
+    turns = [t for t in record["turns"] if t.get("ended_at")]
+    for a, b in zip(turns, turns[1:], strict=False):
+        gap = b["started_at"] - a["ended_at"]
+        if gap >= settings.qa_long_silence_s:
+            flags.append(
+                {"kind": "long_silence", "reason": f"{gap:.1f} s before: {b['text'][:40]}"}
+            )
+    return {"flags": flags, "asr_confidence": confidence, "needs_review": bool(flags)}
+
+
+ANALYSES = {
+    "transcript": transcript,
+    "summary": summary,
+    "sentiment": sentiment,
+    "topics": topics,
+    "cost": cost,
+    "qa": qa,
+}

@@ -1,0 +1,1 @@
+"""Durable call records: what happened on each call, written at hangup."""
