@@ -31,7 +31,18 @@ class Outbox:
         if self._app is None:
             from .app import make_app
 
-            self._app = make_app(self.settings)
+            app = make_app(self.settings)
+            # a producer only: no result store to wait on, and one quick
+            # reconnect attempt, so a dead Redis is noticed at once
+            app.conf.result_backend = None
+            app.conf.broker_transport_options = {
+                **app.conf.broker_transport_options,
+                "max_retries": 1,
+                "interval_start": 0,
+                "interval_step": 0.5,
+                "interval_max": 0.5,
+            }
+            self._app = app
         self._app.send_task(
             "voiceos.analyze_call", args=[call_id], queue=ANALYZE_QUEUE, retry=False
         )

@@ -51,7 +51,7 @@ def recordings(call_id: str, settings: Settings) -> dict[str, str]:
 
 def build_record(call: Call, conversation: Any, settings: Settings) -> dict[str, Any]:
     ended = call.ended_at or time.time()
-    duration = max(0.0, ended - call.started_at)
+    duration = round(max(0.0, ended - call.started_at), 3)  # as stored: the bill uses it
     usage = asdict(call.usage)
     latency = [
         m.as_ms()
@@ -72,7 +72,7 @@ def build_record(call: Call, conversation: Any, settings: Settings) -> dict[str,
         "called": call.called,
         "started_at": call.started_at,
         "ended_at": ended,
-        "duration_s": round(duration, 3),
+        "duration_s": duration,
         "sample_rate": call.sample_rate,
         "end_reason": call.end_reason,
         "turns": [
