@@ -195,6 +195,29 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _start_redis(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    for _ in range(50):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    return proc
+
+
 async def test_outbox_keeps_jobs_while_redis_is_down(
     store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
