@@ -231,26 +231,8 @@ async def test_outbox_keeps_jobs_while_redis_is_down(
         assert await outbox.flush() == 0
     assert caplog.text.count("queue_unavailable") == 1  # one line per outage
     assert len(store.pending_jobs()) == 2
-    redis = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    redis = await asyncio.to_thread(_start_redis, port)
     try:
-        for _ in range(50):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
         assert await outbox.flush() == 2
         assert store.pending_jobs() == []
         import redis as redis_py
