@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.redis_server import RedisServer
 from voiceos_switch.demo import demo_agent
 from voiceos_switch.jobs.kinds import KINDS
 from voiceos_switch.pbx.asterisk import AsteriskSandbox
@@ -37,47 +37,6 @@ PRICES = {
     "price_llm_per_1k_tokens_out": 0.6,
     "price_tts_per_1k_chars": 0.015,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Redis:
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
 
 
 @dataclass
@@ -98,10 +57,9 @@ class Worker:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Redis, Settings, Worker]]:
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, Settings, Worker]]:
     tmp = tmp_path_factory.mktemp("analytics")
-    redis = Redis()
-    redis.start()
+    redis = RedisServer().start()
     settings = Settings(
         redis_url=redis.url,
         database_url=f"sqlite:///{tmp / 'calls.db'}",
@@ -153,7 +111,7 @@ async def question_wav(tmp: Path, text: str) -> Path:
 
 
 async def test_calls_through_asterisk_are_recorded_and_analysed(
-    asterisk: AsteriskSandbox, env: tuple[Redis, Settings, Worker], tmp_path: Path
+    asterisk: AsteriskSandbox, env: tuple[RedisServer, Settings, Worker], tmp_path: Path
 ) -> None:
     redis, settings, worker = env
     agent = demo_agent(settings, voice="piper")
@@ -249,7 +207,7 @@ def _record(call_id: str, recordings: dict[str, str]) -> dict[str, object]:
 
 
 async def test_a_worker_killed_mid_task_runs_it_again_and_stores_once(
-    env: tuple[Redis, Settings, Worker], tmp_path: Path
+    env: tuple[RedisServer, Settings, Worker], tmp_path: Path
 ) -> None:
     _, settings, worker = env
     store = Store(settings.resolved_database_url)
@@ -278,7 +236,7 @@ async def test_a_worker_killed_mid_task_runs_it_again_and_stores_once(
 
 
 async def test_a_corrupt_recording_is_a_clear_error_without_a_retry_storm(
-    env: tuple[Redis, Settings, Worker], tmp_path: Path
+    env: tuple[RedisServer, Settings, Worker], tmp_path: Path
 ) -> None:
     _, settings, worker = env
     store = Store(settings.resolved_database_url)

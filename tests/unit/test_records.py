@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sqlite3
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.redis_server import RedisServer
 from voiceos_switch.jobs import analyses
 from voiceos_switch.jobs.outbox import Outbox
 from voiceos_switch.records.record import costs
@@ -189,40 +187,11 @@ def test_summary_names_the_disposition_and_action_items() -> None:
     assert analyses.disposition(record("c2", [])) == "no_conversation"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_redis(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    for _ in range(50):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    return proc
-
-
 async def test_outbox_keeps_jobs_while_redis_is_down(
     store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    port = _free_port()
-    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0")
+    server = RedisServer()
+    settings = Settings(redis_url=server.url)
     store.save_call(record("c1", ["hi"]), ("analyze",))
     store.save_call(record("c2", ["hi"]), ("analyze",))
     outbox = Outbox(store, settings)
@@ -231,15 +200,14 @@ async def test_outbox_keeps_jobs_while_redis_is_down(
         assert await outbox.flush() == 0
     assert caplog.text.count("queue_unavailable") == 1  # one line per outage
     assert len(store.pending_jobs()) == 2
-    redis = await asyncio.to_thread(_start_redis, port)
+    await asyncio.to_thread(server.start)
     try:
         assert await outbox.flush() == 2
         assert store.pending_jobs() == []
         import redis as redis_py
 
-        queued = redis_py.Redis(port=port).llen("calls")
+        queued = redis_py.Redis(port=server.port).llen("calls")
         assert queued == 2  # two analyze jobs on the "calls" queue
     finally:
-        redis.terminate()
-        redis.wait(5)
+        await asyncio.to_thread(server.stop)
     await asyncio.sleep(0)

@@ -8,19 +8,18 @@ frame. Bad input closes that one connection with one log line.
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from .. import log
 from ..audio.pacer import FrameClock, Pacer, Playout
 from ..audio.pcm import StreamResampler, frame_bytes
 from ..media import AudioIn, DtmfIn, MediaEnded, MediaEvent
 from ..protocols import audiosocket as proto
+from .inbox import CallRecording, Inbox, InboxMedia, silent_playout
 
 logger = log.get(__name__)
 
@@ -28,8 +27,6 @@ logger = log.get(__name__)
 #: (8 kHz from ``AudioSocket()``, 16 kHz from ``Dial(AudioSocket/..c(slin16))``).
 #: Asterisk's Answer() holds media up to 500 ms for the caller's first RTP.
 RATE_PROBE_S = 1.0
-#: Inbound audio held for a consumer that falls behind (30 s); older frames drop.
-MAX_INBOUND_FRAMES = 1500
 
 
 @dataclass
@@ -44,48 +41,7 @@ class ServerStats:
     slow_peers: int = 0
 
 
-class _Inbox:
-    """A bounded event queue: audio beyond the bound drops oldest-first."""
-
-    def __init__(self) -> None:
-        self._items: collections.deque[MediaEvent] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._audio = 0
-        self.dropped = 0
-        self.closed = False
-
-    def put(self, event: MediaEvent) -> None:
-        if self.closed:
-            return
-        if isinstance(event, AudioIn):
-            if self._audio >= MAX_INBOUND_FRAMES:
-                self._drop_oldest_audio()
-            self._audio += 1
-        elif isinstance(event, MediaEnded):
-            self.closed = True
-        self._items.append(event)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def _drop_oldest_audio(self) -> None:
-        for i, item in enumerate(self._items):
-            if isinstance(item, AudioIn):
-                del self._items[i]
-                self._audio -= 1
-                self.dropped += 1
-                return
-
-    async def get(self) -> MediaEvent:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        item = self._items.popleft()
-        if isinstance(item, AudioIn):
-            self._audio -= 1
-        return item
-
-
-class AudioSocketCall:
+class AudioSocketCall(InboxMedia):
     """One AudioSocket call: implements :class:`voiceos_switch.media.CallMedia`."""
 
     pbx = "asterisk"
@@ -95,27 +51,18 @@ class AudioSocketCall:
         self.call_id = str(call_uuid)
         self.sample_rate = 8000
         self.started_at = time.time()
-        self._inbox = _Inbox()
+        self._inbox = Inbox()
         self._pacer: Pacer | None = None
         self._ended: MediaEnded | None = None
         self.frames_in = 0
         self.dtmf_in = 0
 
     # CallMedia -------------------------------------------------------------
-    async def events(self) -> AsyncIterator[MediaEvent]:
-        while True:
-            event = await self._inbox.get()
-            yield event
-            if isinstance(event, MediaEnded):
-                return
-
     def send_audio(self, pcm: bytes) -> Playout:
         if self._pacer is None:
             raise RuntimeError("call media is not started yet")
         if self._ended is not None:
-            playout = Playout(frames=0)
-            playout.done.set_result(False)
-            return playout
+            return silent_playout()
         return self._pacer.enqueue(pcm)
 
     def clear(self) -> int:
@@ -131,14 +78,6 @@ class AudioSocketCall:
 
     async def hangup(self) -> None:
         self._conn.hangup("agent hung up")
-
-    @property
-    def ended(self) -> bool:
-        return self._ended is not None
-
-    @property
-    def end_reason(self) -> MediaEnded | None:
-        return self._ended
 
     @property
     def speaking(self) -> bool:
@@ -165,16 +104,6 @@ class AudioSocketCall:
 
 
 CallHandler = Callable[[AudioSocketCall], Awaitable[None]]
-
-
-class CallRecording(Protocol):
-    """Both legs of one call as the bridge saw them."""
-
-    def inbound(self, pcm: bytes) -> None: ...
-
-    def outbound(self, pcm: bytes) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class _Connection(asyncio.Protocol):

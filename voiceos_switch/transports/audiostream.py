@@ -29,7 +29,7 @@ import hmac
 import json
 import time
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -38,9 +38,9 @@ from .. import log
 from ..audio.pacer import ChunkPacer, FrameClock, Playout
 from ..audio.pcm import FRAME_MS
 from ..control.esl import ESLController, ESLError
-from ..media import AudioIn, MediaEnded, MediaEvent
+from ..media import AudioIn, MediaEnded
 from ..protocols import esl
-from .audiosocket import CallRecording, _Inbox
+from .inbox import CallRecording, Inbox, InboxMedia, silent_playout
 
 logger = log.get(__name__)
 
@@ -128,7 +128,7 @@ def stream_audio_message(pcm: bytes, rate: int, mode: str) -> str:
     )
 
 
-class StreamCall:
+class StreamCall(InboxMedia):
     """One FreeSWITCH call's media: implements :class:`voiceos_switch.media.CallMedia`."""
 
     pbx = "freeswitch"
@@ -141,7 +141,7 @@ class StreamCall:
         self.caller, self.called = meta.caller, meta.called
         self.started_at = time.time()
         self.ws = ws
-        self._inbox = _Inbox()
+        self._inbox = Inbox()
         self._ended: MediaEnded | None = None
         self.frames_in = 0
         # files played one after another cost FreeSWITCH a seam each (measured)
@@ -155,18 +155,9 @@ class StreamCall:
         self.play_errors = 0
 
     # CallMedia -----------------------------------------------------------------
-    async def events(self) -> AsyncIterator[MediaEvent]:
-        while True:
-            event = await self._inbox.get()
-            yield event
-            if isinstance(event, MediaEnded):
-                return
-
     def send_audio(self, pcm: bytes) -> Playout:
         if self._ended is not None:
-            playout = Playout(frames=0)
-            playout.done.set_result(False)
-            return playout
+            return silent_playout()
         return self.pacer.enqueue(pcm)
 
     def clear(self) -> int:
@@ -195,14 +186,6 @@ class StreamCall:
                 await control.hangup(self.call_id)
             except ESLError as exc:
                 logger.warning(log.kv(event="hangup_failed", error=exc))
-
-    @property
-    def ended(self) -> bool:
-        return self._ended is not None
-
-    @property
-    def end_reason(self) -> MediaEnded | None:
-        return self._ended
 
     @property
     def speaking(self) -> bool:
