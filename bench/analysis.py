@@ -100,27 +100,66 @@ def main() -> None:
         turns = []
         for i, (c, a) in enumerate(zip(CALLER, AGENT, strict=True)):
             t = start + i * 15
-            turns.append({"role": "agent", "text": a, "started_at": t, "ended_at": t + 4,
-                          "interrupted": False})
-            turns.append({"role": "caller", "text": c, "started_at": t + 7.5,
-                          "ended_at": t + 11, "interrupted": False})
-        usage = {"stt_seconds": 20.0, "llm_tokens_in": 900, "llm_tokens_out": 80,
-                 "tts_chars": 150}
-        store.save_call({
-            "schema": 1, "id": call_id, "pbx": "asterisk", "agent": "bench", "caller": "5551234",
-            "called": "100", "started_at": start, "ended_at": start + 60, "duration_s": 60.0,
-            "sample_rate": 8000, "end_reason": "remote hung up", "turns": turns, "latency": [],
-            "emotions": [], "tool_calls": [{"name": "lookup_order",
-                                            "arguments": '{"order_number": "427"}'}],
-            "transfers": [], "dtmf": "", "review_flags": [],
-            "recordings": {k: str(v) for k, v in legs.items()}, "pbx_recordings": [],
-            "usage": usage, "cost": costs(usage, 60.0, settings),
-        })
+            turns.append(
+                {
+                    "role": "agent",
+                    "text": a,
+                    "started_at": t,
+                    "ended_at": t + 4,
+                    "interrupted": False,
+                }
+            )
+            turns.append(
+                {
+                    "role": "caller",
+                    "text": c,
+                    "started_at": t + 7.5,
+                    "ended_at": t + 11,
+                    "interrupted": False,
+                }
+            )
+        usage = {"stt_seconds": 20.0, "llm_tokens_in": 900, "llm_tokens_out": 80, "tts_chars": 150}
+        store.save_call(
+            {
+                "schema": 1,
+                "id": call_id,
+                "pbx": "asterisk",
+                "agent": "bench",
+                "caller": "5551234",
+                "called": "100",
+                "started_at": start,
+                "ended_at": start + 60,
+                "duration_s": 60.0,
+                "sample_rate": 8000,
+                "end_reason": "remote hung up",
+                "turns": turns,
+                "latency": [],
+                "emotions": [],
+                "tool_calls": [{"name": "lookup_order", "arguments": '{"order_number": "427"}'}],
+                "transfers": [],
+                "dtmf": "",
+                "review_flags": [],
+                "recordings": {k: str(v) for k, v in legs.items()},
+                "pbx_recordings": [],
+                "usage": usage,
+                "cost": costs(usage, 60.0, settings),
+            }
+        )
         ids.append(call_id)
 
     redis = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"], stdout=subprocess.DEVNULL,
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
     )
     time.sleep(0.5)
     log = tmp / "worker.log"
@@ -128,7 +167,9 @@ def main() -> None:
     with log.open("wb") as out:
         worker = subprocess.Popen(
             [sys.executable, "-m", "voiceos_switch.cli", "worker", "--concurrency", "1"],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         while " ready." not in log.read_text(errors="replace"):

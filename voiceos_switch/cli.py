@@ -261,6 +261,30 @@ def _calls(args: argparse.Namespace, store: object) -> int:
                 ]
             )
         return 0
+    if args.action == "topics":
+        import numpy as np
+
+        from .jobs.analyses import _caller_text, cluster_calls
+
+        found = store.results_of_kind("topics")
+        texts = {r["id"]: _caller_text(r) for r in store.all_records()}
+        vectors = {
+            i: np.asarray(v["embedding"], dtype=np.float32)
+            for i, v in found.items()
+            if v.get("embedding") and i in texts
+        }
+        if not vectors:
+            print("no analysed calls yet (topics need the workers: VOICEOS_REDIS_URL)")
+            return 0
+        clusters = cluster_calls(vectors, {i: texts[i] for i in vectors})
+        by: dict[str, list[str]] = {}
+        for call_id, name in clusters.items():
+            by.setdefault(name, []).append(call_id)
+        for name, ids in sorted(by.items(), key=lambda kv: -len(kv[1])):
+            print(f"{name} ({len(ids)} calls)")
+            for call_id in ids[:3]:
+                print(f"    {call_id[:8]}  {texts[call_id][:70]}")
+        return 0
     if args.action == "costs":
         rows = store.cost_rollup()
         print(f"{'day':10}  {'agent':16} {'calls':>6} {'minutes':>9} {'cost':>10} {'per min':>9}")
@@ -388,8 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--voice", default="espeak", help="the agent's voice: espeak or piper")
     demo.set_defaults(func=cmd_demo)
 
-    calls = sub.add_parser("calls", help="the call records: list, show, export, costs")
-    calls.add_argument("action", choices=["list", "show", "export", "costs"])
+    calls = sub.add_parser("calls", help="the call records: list, show, export, costs, topics")
+    calls.add_argument("action", choices=["list", "show", "export", "costs", "topics"])
     calls.add_argument("id", nargs="?", help="with show: a call id (or its first characters)")
     calls.add_argument("--limit", type=int, default=50, help="with list: how many, newest first")
     calls.add_argument("--format", choices=["json", "csv"], default="json", help="with export")

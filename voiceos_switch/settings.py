@@ -192,6 +192,12 @@ class Settings(BaseSettings):
     price_llm_per_1k_tokens_in: float = Field(0.0, ge=0)
     price_llm_per_1k_tokens_out: float = Field(0.0, ge=0)
     price_tts_per_1k_chars: float = Field(0.0, ge=0)
+    topic_similarity: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A call joins the topic of the most similar earlier call at this cosine.",
+    )
     qa_min_asr_confidence: float = Field(
         0.6, ge=0, le=1, description="Calls whose re-transcription is less sure are flagged."
     )

@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.redis_server import RedisServer
@@ -134,17 +135,26 @@ def test_sentiment_and_emotions_follow_the_words() -> None:
     assert out["timeline"][0]["t"] == pytest.approx(1.5)
 
 
-def test_topics_cluster_calls_that_share_a_subject() -> None:
-    corpus = [
-        record("a", ["My order has not arrived", "Where is the order"]),
-        record("b", ["I want to return my order"]),
-        record("c", ["Do you sell garden hoses"]),
-    ]
-    a = analyses.topics(corpus[0], Settings(), {"corpus": corpus})
-    b = analyses.topics(corpus[1], Settings(), {"corpus": corpus})
-    c = analyses.topics(corpus[2], Settings(), {"corpus": corpus})
-    assert a["cluster"] == b["cluster"] == "order"
-    assert c["cluster"] != "order" and "garden" in c["keywords"]
+def test_topics_cluster_calls_by_meaning_not_shared_words() -> None:
+    """Calls on one subject in different words end in one cluster."""
+    says = {
+        "a": "My order has not arrived yet",
+        "b": "Where is the package I bought last week?",
+        "c": "The delivery never showed up",
+        "d": "What time do you open on Saturday?",
+        "e": "Are you open on Sunday afternoon?",
+        "f": "When does the store close tonight?",
+    }
+    corpus = [record(k, [v]) for k, v in says.items()]
+    known: dict[str, Any] = {}
+    for rec in corpus:
+        known[rec["id"]] = analyses.topics(rec, Settings(), {"corpus": corpus, "known": known})
+    assert len(known["a"]["embedding"]) == 384
+    vectors = {k: np.asarray(v["embedding"]) for k, v in known.items()}
+    clusters = analyses.cluster_calls(vectors, says)
+    assert clusters["a"] == clusters["b"] == clusters["c"]
+    assert clusters["d"] == clusters["e"] == clusters["f"] != clusters["a"]
+    assert known["f"]["cluster"] == clusters["f"]  # the last call sees the whole picture
 
 
 def test_qa_flags_what_a_reviewer_wants_to_see() -> None:

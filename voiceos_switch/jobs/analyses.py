@@ -12,6 +12,8 @@ from collections import Counter
 from statistics import mean
 from typing import Any
 
+import numpy as np
+
 from ..records.record import costs
 from ..settings import Settings
 
@@ -236,30 +238,110 @@ def _terms(text: str) -> list[str]:
     return [w for w in _WORDS.findall(text.lower()) if w not in STOPWORDS and len(w) > 2]
 
 
-def topics(record: dict[str, Any], settings: Settings, context: dict[str, Any]) -> Any:
-    """TF-IDF keywords of what the caller said, weighed against every stored
-    call; the call joins the cluster of its strongest keyword that other calls
-    share (its own top keyword when none is shared)."""
-    corpus: list[dict[str, Any]] = context.get("corpus") or [record]
-    docs = {
-        r["id"]: Counter(_terms(" ".join(t["text"] for t in r["turns"] if t["role"] == "caller")))
-        for r in corpus
-    }
-    docs.setdefault(
-        record["id"],
-        Counter(_terms(" ".join(t["text"] for t in record["turns"] if t["role"] == "caller"))),
-    )
+def _caller_text(record: dict[str, Any]) -> str:
+    return " ".join(t["text"] for t in record["turns"] if t["role"] == "caller" and t["text"])
+
+
+def kmeans(x: np.ndarray, k: int, seeds: int = 10) -> np.ndarray:
+    """Cosine k-means on unit vectors, the best of several seeded starts."""
+    best: tuple[float, np.ndarray] | None = None
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        centres = x[rng.choice(len(x), k, replace=False)]
+        assign = np.zeros(len(x), dtype=int)
+        for _ in range(50):
+            assign = np.argmax(x @ centres.T, axis=1)
+            new = np.stack(
+                [
+                    x[assign == j].mean(axis=0) if np.any(assign == j) else centres[j]
+                    for j in range(k)
+                ]
+            )
+            new /= np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-9)
+            if np.allclose(new, centres):
+                break
+            centres = new
+        score = float(np.sum(np.max(x @ centres.T, axis=1)))
+        if best is None or score > best[0]:
+            best = (score, assign)
+    assert best is not None
+    return best[1]
+
+
+def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
+    dist = 1.0 - x @ x.T
+    scores = []
+    for i in range(len(x)):
+        same = labels == labels[i]
+        same[i] = False
+        if not same.any():
+            scores.append(0.0)
+            continue
+        a = float(dist[i, same].mean())
+        b = min(float(dist[i, labels == c].mean()) for c in set(labels.tolist()) if c != labels[i])
+        scores.append((b - a) / max(a, b, 1e-9))
+    return float(np.mean(scores))
+
+
+def cluster_calls(vectors: dict[str, np.ndarray], texts: dict[str, str]) -> dict[str, str]:
+    """Topic clusters over every call: k-means on the sentence embeddings
+    with k chosen by silhouette (2 to 10), each cluster named by the
+    strongest TF-IDF keyword of what its callers said."""
+    ids = list(vectors)
+    if len(ids) < 3:
+        return {i: (keywords_of(texts[i], texts) or ["none"])[0] for i in ids}
+    x = np.stack([vectors[i] for i in ids])
+    best: tuple[float, np.ndarray] | None = None
+    for k in range(2, min(10, len(ids) - 1) + 1):
+        labels = kmeans(x, k)
+        score = silhouette(x, labels)
+        if best is None or score > best[0]:
+            best = (score, labels)
+    assert best is not None
+    names: dict[int, str] = {}
+    for c in sorted(set(best[1].tolist())):
+        members = " ".join(texts[ids[j]] for j in range(len(ids)) if best[1][j] == c)
+        names[c] = (keywords_of(members, texts) or [f"topic-{c}"])[0]
+    return {ids[j]: names[int(best[1][j])] for j in range(len(ids))}
+
+
+def keywords_of(text: str, corpus: dict[str, str], n: int = 5) -> list[str]:
+    mine = Counter(_terms(text))
     df: Counter[str] = Counter()
-    for counts in docs.values():
-        df.update(set(counts))
-    n = len(docs)
-    mine = docs[record["id"]]
+    for t in corpus.values():
+        df.update(set(_terms(t)))
     total = sum(mine.values()) or 1
-    weights = {w: c / total * math.log((1 + n) / (1 + df[w]) + 1) for w, c in mine.items()}
-    keywords = sorted(weights, key=lambda w: (-weights[w], w))[:5]
-    shared = [w for w in keywords if df[w] > 1]
-    cluster = shared[0] if shared else (keywords[0] if keywords else "none")
-    return {"keywords": keywords, "cluster": cluster, "calls_compared": n - 1}
+    weights = {
+        w: c / total * math.log((1 + len(corpus)) / (1 + df[w]) + 1) for w, c in mine.items()
+    }
+    return sorted(weights, key=lambda w: (-weights[w], w))[:n]
+
+
+def topics(record: dict[str, Any], settings: Settings, context: dict[str, Any]) -> Any:
+    """The call's topic among every call analysed so far: a sentence embedding
+    of what the caller said (all-MiniLM-L6-v2, in numpy), clustered with the
+    stored embeddings of the other calls (k-means, k by silhouette), the
+    cluster named by its strongest keyword. Chosen over TF-IDF clustering by
+    measurement (bench/topics.py, docs/benchmarks.md)."""
+    from .embed import MiniLM
+
+    text = _caller_text(record)
+    corpus = {r["id"]: _caller_text(r) for r in context.get("corpus", [])}
+    corpus[record["id"]] = text
+    if not text:
+        return {"keywords": [], "cluster": "none", "embedding": [], "calls_clustered": 0}
+    vec = MiniLM.shared().encode([text])[0]
+    vectors = {record["id"]: vec}
+    for call_id, other in (context.get("known") or {}).items():
+        if other.get("embedding") and call_id in corpus:
+            vectors[call_id] = np.asarray(other["embedding"], dtype=np.float32)
+    clusters = cluster_calls(vectors, {i: corpus[i] for i in vectors})
+    return {
+        "keywords": keywords_of(text, corpus),
+        "cluster": clusters[record["id"]],
+        "calls_clustered": len(vectors),
+        "embedding": [round(float(v), 5) for v in vec],
+    }
 
 
 # --- cost and QA ---------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def run_analysis(self: Any, call_id: str, kind: str) -> str:
 
 def _context(db: Store, call_id: str, kind: str) -> dict[str, Any]:
     if kind == "topics":
-        return {"corpus": list(db.all_records())}
+        return {"corpus": list(db.all_records()), "known": db.results_of_kind("topics")}
     if kind == "qa":
         got = db.get_analyses(call_id).get("transcript")
         return {"transcript": got["result"] if got and got["status"] == "ok" else None}

@@ -290,6 +290,16 @@ class Store:
             ).all()
         return {r.kind: {"status": r.status, "result": json.loads(r.result)} for r in rows}
 
+    def results_of_kind(self, kind: str) -> dict[str, Any]:
+        """Every stored successful result of one kind, by call id."""
+        with self.tx() as conn:
+            rows = conn.execute(
+                select(analyses.c.call_id, analyses.c.result).where(
+                    (analyses.c.kind == kind) & (analyses.c.status == "ok")
+                )
+            ).all()
+        return {r.call_id: json.loads(r.result) for r in rows}
+
     def analysis_count(self, call_id: str, kind: str) -> int:
         with self.tx() as conn:
             return int(
