@@ -15,6 +15,7 @@ import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -134,16 +135,24 @@ async def test_calls_through_asterisk_are_recorded_and_analysed(
         # Redis down for 10 s around the next hangup: the record and its job
         # wait in the store and go out when Redis is back
         redis.stop()
-        result = await place_call(
-            "100", play=await question_wav(tmp_path, "Do you sell paint?"), delay=4.0, hold=3.0
-        )
-        assert result.answered
-        await asyncio.sleep(2)
-        ids = [r["id"] for r in store.list_calls()]
-        assert len(ids) == 3
-        assert len(store.pending_jobs()) == 1  # the third call's job, kept
-        await asyncio.sleep(8)
-        redis.start()
+        try:
+            result = await place_call(
+                "100",
+                play=await question_wav(tmp_path, "Do you sell paint?"),
+                delay=4.0,
+                hold=3.0,
+            )
+            assert result.answered
+            for _ in range(120):  # the bridge writes the record when its side ends
+                if len(store.list_calls()) == 3:
+                    break
+                await asyncio.sleep(0.25)
+            ids = [r["id"] for r in store.list_calls()]
+            assert len(ids) == 3
+            assert len(store.pending_jobs()) == 1  # the third call's job, kept
+            await asyncio.sleep(8)
+        finally:
+            redis.start()
         await wait_complete(store, ids, 180)
     finally:
         stop.set()
@@ -180,6 +189,15 @@ async def test_calls_through_asterisk_are_recorded_and_analysed(
     assert "lookup_order" in first["summary"]["result"]["action_items"][0]
 
 
+def producer(settings: Settings) -> Any:
+    """A Celery app that only sends (no result store to keep a connection to)."""
+    from voiceos_switch.jobs.app import make_app
+
+    app = make_app(settings)
+    app.conf.result_backend = None
+    return app
+
+
 def _all_exist(paths: object) -> bool:
     return all(Path(p).exists() for p in paths)  # type: ignore[attr-defined]
 
@@ -214,10 +232,9 @@ async def test_a_worker_killed_mid_task_runs_it_again_and_stores_once(
     store.migrate()
     call_id = "killed-mid-task"
     store.save_call(_record(call_id, _long_recording(tmp_path, call_id, 240.0)))  # type: ignore[arg-type]
-    from voiceos_switch.jobs.app import make_app
-
-    app = make_app(settings)
-    sent = app.send_task("voiceos.run_analysis", args=[call_id, "transcript"], queue="transcribe")
+    sent = producer(settings).send_task(
+        "voiceos.run_analysis", args=[call_id, "transcript"], queue="transcribe"
+    )
     worker.wait_for(f"run_analysis[{sent.id}] received", 30)
     await asyncio.sleep(1.0)  # Whisper is chewing on four minutes of audio
     assert store.analysis_count(call_id, "transcript") == 0
@@ -245,9 +262,7 @@ async def test_a_corrupt_recording_is_a_clear_error_without_a_retry_storm(
     bad = tmp_path / "bad-caller.wav"
     bad.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(200))
     store.save_call(_record(call_id, {"caller": str(bad)}), ("analyze",))  # type: ignore[arg-type]
-    from voiceos_switch.jobs.app import make_app
-
-    make_app(settings).send_task("voiceos.analyze_call", args=[call_id], queue="calls")
+    producer(settings).send_task("voiceos.analyze_call", args=[call_id], queue="calls")
     await wait_complete(store, [call_id], 60)
     got = store.get_analyses(call_id)
     assert got["transcript"]["status"] == "failed"
