@@ -150,6 +150,18 @@ def test_the_real_stream_opens_with_our_metadata_then_20ms_frames() -> None:
     assert len(audio) > 50 and {len(p) for p in audio} == {320}
 
 
+def test_the_real_wideband_stream_over_sip_is_640_byte_frames() -> None:
+    """A SIP call through the shipped `voiceos` profile to a number starting
+    16: the dialplan asks for 16 kHz; the module resamples and sends 640 bytes
+    per 20 ms."""
+    cap = capture("ws-mono16k-sip-session.jsonl")
+    frames = unmask_frames(b"".join(b for _, d, b in cap[2:] if d == "c2s"))
+    meta = parse_metadata(frames[0][1].decode())
+    assert meta.rate == 16000 and meta.called == "1600"
+    audio = [p for o, p in frames[1:] if o == 0x2]
+    assert len(audio) > 50 and {len(p) for p in audio} == {640}
+
+
 def test_metadata_and_frame_errors_are_clear() -> None:
     with pytest.raises(StreamError, match="mixed"):
         parse_metadata('{"uuid":"a","mix":"mixed"}')
