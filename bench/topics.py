@@ -58,30 +58,11 @@ def purity(labels: list[str], clusters: list[str]) -> float:
     return sum(cnt.most_common(1)[0][1] for cnt in by.values()) / len(labels)
 
 
-def kmeans(x: np.ndarray, k: int, seeds: int = 20) -> list[str]:
-    """Cosine k-means, best of several seeded starts."""
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)
-    best: tuple[float, np.ndarray] | None = None
-    for seed in range(seeds):
-        rng = np.random.default_rng(seed)
-        centres = x[rng.choice(len(x), k, replace=False)]
-        for _ in range(50):
-            assign = np.argmax(x @ centres.T, axis=1)
-            new = np.stack(
-                [
-                    x[assign == j].mean(axis=0) if np.any(assign == j) else centres[j]
-                    for j in range(k)
-                ]
-            )
-            new /= np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-9)
-            if np.allclose(new, centres):
-                break
-            centres = new
-        score = float(np.sum(np.max(x @ centres.T, axis=1)))
-        if best is None or score > best[0]:
-            best = (score, assign)
-    assert best is not None
-    return [str(c) for c in best[1]]
+def kmeans(x: np.ndarray, k: int) -> list[str]:
+    from voiceos_switch.jobs.analyses import kmeans as fit
+
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)
+    return [str(c) for c in fit(unit, k)]
 
 
 def shared_keyword(corpus: list[dict[str, Any]]) -> list[str]:

@@ -19,7 +19,7 @@ from ..audio.pacer import FrameClock, Pacer, Playout
 from ..audio.pcm import StreamResampler, frame_bytes
 from ..media import AudioIn, DtmfIn, MediaEnded, MediaEvent
 from ..protocols import audiosocket as proto
-from .inbox import CallRecording, Inbox, InboxMedia, silent_playout
+from .inbox import CallRecording, Inbox, InboxMedia, run_agent, silent_playout
 
 logger = log.get(__name__)
 
@@ -376,16 +376,7 @@ class AudioSocketServer:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_call(self, call: AudioSocketCall) -> None:
-        log.call_id_var.set(call.call_id)
-        try:
-            await self.on_call(call)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception(log.kv(event="agent_error"))
-        finally:
-            if not call.ended:
-                await call.hangup()
+        await run_agent(self.on_call, call)
 
     async def close(self) -> None:
         if self._server is not None:

@@ -40,7 +40,7 @@ from ..audio.pcm import FRAME_MS
 from ..control.esl import ESLController, ESLError
 from ..media import AudioIn, MediaEnded
 from ..protocols import esl
-from .inbox import CallRecording, Inbox, InboxMedia, silent_playout
+from .inbox import CallRecording, Inbox, InboxMedia, run_agent, silent_playout
 
 logger = log.get(__name__)
 
@@ -451,16 +451,7 @@ class AudioStreamServer:
             self.calls.pop(call.call_id, None)
 
     async def _run_call(self, call: StreamCall) -> None:
-        log.call_id_var.set(call.call_id)
-        try:
-            await self.on_call(call)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception(log.kv(event="agent_error"))
-        finally:
-            if not call.ended:
-                await call.hangup()
+        await run_agent(self.on_call, call)
 
     def _on_event(self, event: esl.Event) -> None:
         call = self.calls.get(event.uuid)

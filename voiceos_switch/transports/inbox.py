@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
+from .. import log
 from ..audio.pacer import Playout
 from ..media import AudioIn, MediaEnded, MediaEvent
+
+logger = log.get("voiceos_switch.transports")
 
 #: Inbound audio held for a consumer that falls behind (30 s); older frames drop.
 MAX_INBOUND_FRAMES = 1500
@@ -77,6 +80,21 @@ class InboxMedia:
     @property
     def end_reason(self) -> MediaEnded | None:
         return self._ended
+
+
+async def run_agent(on_call: Callable[[Any], Awaitable[None]], call: Any) -> None:
+    """Run the agent's loop for one call: its errors are logged with the call
+    id and end that call only; a call the agent leaves up is hung up."""
+    log.call_id_var.set(call.call_id)
+    try:
+        await on_call(call)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception(log.kv(event="agent_error"))
+    finally:
+        if not call.ended:
+            await call.hangup()
 
 
 def silent_playout() -> Playout:
