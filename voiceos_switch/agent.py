@@ -113,6 +113,7 @@ class Agent:
         #: per-call conversation metrics, kept for the call record and benchmarks
         self.conversations: dict[str, Any] = {}
         self._store: Any = None
+        self._models_loaded = False
         self._outbox_wakeup: asyncio.Event | None = None
 
     # events ----------------------------------------------------------------
@@ -251,9 +252,11 @@ class Agent:
         return self._tts
 
     async def load_models(self) -> None:
-        """Load every model now, not on the first caller's time."""
+        """Load every model now, not on the first caller's time (once)."""
         from .providers import registry
 
+        if self._models_loaded:
+            return
         async for _ in self._tts_provider().stream("ready", 8000):
             pass
         if self.model is not None:
@@ -262,6 +265,7 @@ class Agent:
             if self._stt is None:
                 self._stt = registry.make_stt(self.settings)
             await registry.warm_up(self._llm, self._stt, bool(self.tools))
+        self._models_loaded = True
 
     async def handle_call(self, media: CallMedia) -> None:
         """Run one call from its first frame to its end."""

@@ -133,6 +133,14 @@ def make_stt(settings: Settings) -> Any:
 
 
 async def warm_up(llm: Any, stt: Any, tools: bool) -> None:
+    import asyncio
+
+    from .vad import VADStream
+
+    # the VAD's ONNX session loads and runs its first inference in ~0.3 s:
+    # not on the event loop while the first caller's audio (and every other
+    # call's pacing) waits
+    await asyncio.to_thread(lambda: [VADStream(rate) for rate in (8000, 16000)])
     load = getattr(stt, "load", None)
     if load is not None:
         await load()
