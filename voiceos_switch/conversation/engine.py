@@ -487,16 +487,17 @@ class Conversation:
             turn = Turn("agent", "", time.time())
             self.call.transcript.append(turn)
             try:
+                messages = self._messages()
                 usage = self.call.usage
                 usage.llm_tokens_in += sum(
-                    usage.tokens(str(m.get("content") or "")) for m in self._messages()
+                    usage.tokens(str(m.get("content") or "")) for m in messages
                 )
                 if preempted is not None and _round == 0:
                     stream = _drain(*preempted)  # generated while the endpoint waited
                 else:
                     stream = _stamped(
                         self.llm.stream(
-                            self._messages(),
+                            messages,
                             tools if _round < self.config.max_tool_rounds else [],
                         ),
                         self.now,
