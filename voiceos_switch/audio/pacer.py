@@ -138,24 +138,29 @@ class Pacer:
         for _ in range(frames):
             self._send_one(now)
 
+    def _take(self, now: float) -> tuple[bytes, Playout | None, Playout | None]:
+        """The next queued frame, the playout it belongs to (marked started at
+        ``now`` if this is its first frame) and the playout it ends, if any."""
+        chunk, marker = self._queue.popleft()
+        owner = self._pending[0] if self._pending else None
+        if owner is not None and owner.first_sent_at is None:
+            owner.first_sent_at = now
+            if owner.on_start is not None:
+                owner.on_start(now)
+        if marker is not None and self._pending and self._pending[0] is marker:
+            self._pending.popleft()
+        return chunk, owner, marker
+
     def _send_one(self, now: float) -> None:
         if self._queue and not self.paused:
-            chunk, marker = self._queue.popleft()
+            chunk, owner, marker = self._take(now)
             self._write(chunk)
             self.audio_frames_sent += 1
             self.last_audio_sent_at = now
-            current = self._pending[0] if self._pending else None
-            if current is not None:
-                if current.sent == 0:
-                    current.first_sent_at = now
-                    if current.on_start is not None:
-                        current.on_start(now)
-                current.sent += 1
-            if marker is not None:
-                if self._pending and self._pending[0] is marker:
-                    self._pending.popleft()
-                if not marker.done.done():
-                    marker.done.set_result(True)
+            if owner is not None:
+                owner.sent += 1
+            if marker is not None and not marker.done.done():
+                marker.done.set_result(True)
         else:
             self._write(self._silence)
         self.frames_sent += 1
@@ -259,7 +264,6 @@ class ChunkPacer(Pacer):
         #: clock time the PBX will have played everything handed to it
         self.play_end = 0.0
         self.chunks_sent = 0
-        self._now = 0.0
         self._last_len = 0
         # frames handed over and not yet played, with when they will play:
         # (play time, pcm, the playout it belongs to, the playout it ends)
@@ -276,7 +280,6 @@ class ChunkPacer(Pacer):
         return max(0.0, self.play_end - now) if self._held else 0.0
 
     def tick(self, now: float) -> None:
-        self._now = now
         self.frames_sent += 1
         self._settle(now)
         queued = len(self._queue)
@@ -297,14 +300,8 @@ class ChunkPacer(Pacer):
         t = self.play_end + self.seam_s if self.ahead(now) > 0 else now
         out = bytearray()
         for _ in range(n):
-            pcm, marker = self._queue.popleft()
-            owner = self._pending[0] if self._pending else None
-            if owner is not None and owner.first_sent_at is None:
-                owner.first_sent_at = now  # on the wire now; the PBX plays it at once
-                if owner.on_start is not None:
-                    owner.on_start(now)
-            if marker is not None and self._pending and self._pending[0] is marker:
-                self._pending.popleft()
+            # a playout starts when it goes on the wire; the PBX plays it at once
+            pcm, owner, marker = self._take(now)
             self._held.append((t, pcm, owner, marker))
             out += pcm
             t += period
