@@ -8,10 +8,13 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import log
 from .settings import Settings, split_hostport
+
+if TYPE_CHECKING:
+    from .records.store import Store
 
 
 def _fail(message: str) -> int:
@@ -149,7 +152,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(Path(args.wav) if args.wav else None, args.json, args.voice)
 
 
-def _store() -> object:
+def _store() -> Store:
     from .records.store import Store
 
     store = Store(Settings().resolved_database_url)
@@ -178,13 +181,10 @@ def cmd_calls(args: argparse.Namespace) -> int:
         return 0
 
 
-def _calls(args: argparse.Namespace, store: object) -> int:
+def _calls(args: argparse.Namespace, store: Store) -> int:
     import csv
     import json
 
-    from .records.store import Store
-
-    assert isinstance(store, Store)
     if args.action == "list":
         rows = store.list_calls(args.limit)
         if not rows:

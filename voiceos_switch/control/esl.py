@@ -74,7 +74,6 @@ class _Connection:
         self.parser = esl.Parser()
         self.replies: collections.deque[asyncio.Future[esl.Message]] = collections.deque()
         self._pending: collections.deque[esl.Message] = collections.deque()
-        self.lock = asyncio.Lock()
 
     async def read_message(self, timeout: float | None = None) -> esl.Message:
         while not self._pending:
@@ -85,10 +84,11 @@ class _Connection:
         return self._pending.popleft()
 
     async def request(self, data: bytes, timeout: float) -> esl.Message:
-        async with self.lock:  # a command and its reply slot go in together
-            fut: asyncio.Future[esl.Message] = asyncio.get_running_loop().create_future()
-            self.replies.append(fut)
-            self.writer.write(data)
+        # the reply slot and the command go in together (no await between):
+        # replies arrive in command order
+        fut: asyncio.Future[esl.Message] = asyncio.get_running_loop().create_future()
+        self.replies.append(fut)
+        self.writer.write(data)
         return await asyncio.wait_for(asyncio.shield(fut), timeout)
 
     def fail_all(self, exc: BaseException) -> None:

@@ -38,7 +38,7 @@ from .. import log
 from ..audio.pacer import ChunkPacer, FrameClock, Playout
 from ..audio.pcm import FRAME_MS
 from ..control.esl import ESLController, ESLError
-from ..media import AudioIn, MediaEnded
+from ..media import AudioIn, DtmfIn, MediaEnded
 from ..protocols import esl
 from .inbox import CallRecording, Inbox, InboxMedia, run_agent, silent_playout
 
@@ -169,9 +169,10 @@ class StreamCall(InboxMedia):
 
     def pause_output(self) -> None:
         self.pacer.pause()
-        if self.pacer.ahead(self.server.clock.clock.now()) > 0:
+        now = self.server.clock.clock.now()
+        if self.pacer.ahead(now) > 0:
             # stop the PBX now; what it had not played waits for a resume
-            self.pacer.take_back(self.server.clock.clock.now())
+            self.pacer.take_back(now)
             self._break()
 
     def resume_output(self) -> None:
@@ -460,8 +461,6 @@ class AudioStreamServer:
         if event.name == "CUSTOM" and event.subclass == "mod_audio_stream::play":
             call.on_play(event)
         elif event.name == "DTMF":
-            from ..media import DtmfIn
-
             digit = event.get("DTMF-Digit")
             if digit:
                 call._inbox.put(DtmfIn(digit))
@@ -469,8 +468,7 @@ class AudioStreamServer:
     async def close(self) -> None:
         for call in list(self.calls.values()):
             call._finish(MediaEnded("bridge shutting down"))
-            with_ws = call.ws
-            self.spawn(with_ws.close(1001, "bridge shutting down"))
+            self.spawn(call.ws.close(1001, "bridge shutting down"))
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
