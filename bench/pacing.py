@@ -33,7 +33,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 FRAME = 0.02
 PHASES = 10
@@ -154,6 +156,38 @@ class FakeAsterisk(asyncio.Protocol):
                 self.arrivals.append(now)
 
 
+async def send_phased(
+    peers: list[Any],
+    send: Callable[[Any], Awaitable[None]],
+    record: Callable[[], None],
+    seconds: float,
+    warmup: float,
+) -> None:
+    """One caller frame per peer every 20 ms for warmup + seconds, on a
+    drift-free schedule; ``record()`` once the warm-up is over. A PBX runs
+    each channel on its own timer, so calls' frames arrive spread over the
+    20 ms period, not in one burst: the peers go in 10 phase groups."""
+    groups = [peers[g::PHASES] for g in range(PHASES)]
+    step = FRAME / PHASES
+    start = time.monotonic()
+    end = start + warmup + seconds
+    recording = False
+    n = 0
+    while True:
+        n += 1
+        deadline = start + n * step
+        if deadline > end:
+            return
+        delay = deadline - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if not recording and time.monotonic() - start >= warmup:
+            recording = True
+            record()
+        for p in groups[n % PHASES]:
+            await send(p)
+
+
 async def load(port: int, calls: int, seconds: float, warmup: float) -> dict[str, object]:
     loop = asyncio.get_running_loop()
     peers: list[FakeAsterisk] = []
@@ -163,27 +197,16 @@ async def load(port: int, calls: int, seconds: float, warmup: float) -> dict[str
         if i % 50 == 49:
             await asyncio.sleep(0.01)
     caller_frame = b"\x10\x01\x40" + bytes(320)
-    # Asterisk runs each channel on its own timer, so calls' frames arrive
-    # spread over the 20 ms period, not in one burst: send in 10 phase groups
-    groups = [peers[g::PHASES] for g in range(PHASES)]
-    step = FRAME / PHASES
-    start = time.monotonic()
-    n = 0
-    end = start + warmup + seconds
-    while True:
-        n += 1
-        deadline = start + n * step
-        if deadline > end:
-            break
-        delay = deadline - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if not peers[0].recording and time.monotonic() - start >= warmup:
-            for p in peers:
-                p.recording = True
-        for p in groups[n % PHASES]:
-            if p.transport is not None:
-                p.transport.write(caller_frame)
+
+    async def send(p: FakeAsterisk) -> None:
+        if p.transport is not None:
+            p.transport.write(caller_frame)
+
+    def record() -> None:
+        for p in peers:
+            p.recording = True
+
+    await send_phased(peers, send, record, seconds, warmup)
     for p in peers:
         p.recording = False
         if p.transport is not None:
@@ -242,23 +265,15 @@ async def load_ws(port: int, calls: int, seconds: float, warmup: float) -> dict[
 
     receivers = [asyncio.create_task(receive(ws)) for ws in conns]
     frame = bytes(320)
-    groups = [conns[g::PHASES] for g in range(PHASES)]
-    step = FRAME / PHASES
-    start = time.monotonic()
-    n = 0
-    end = start + warmup + seconds
-    while True:
-        n += 1
-        deadline = start + n * step
-        if deadline > end:
-            break
-        delay = deadline - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if not recording and time.monotonic() - start >= warmup:
-            recording = True
-        for ws in groups[n % PHASES]:
-            await ws.send(frame)
+
+    async def send(ws: Any) -> None:
+        await ws.send(frame)
+
+    def record() -> None:
+        nonlocal recording
+        recording = True
+
+    await send_phased(conns, send, record, seconds, warmup)
     recording = False
     for ws in conns:
         await ws.close()
