@@ -465,9 +465,10 @@ class Agent:
         await self.load_models()
         rec_dir = s.resolved_recordings_dir
         recorder = WavRecorder(rec_dir) if rec_dir is not None else None
+        clock = FrameClock()  # one 20 ms tick for every call, whichever PBX it came from
         server = AudioSocketServer(
             self.handle_call,
-            clock=FrameClock(),
+            clock=clock,
             max_calls=s.max_calls,
             handshake_timeout=s.handshake_timeout_s,
             max_frame_bytes=s.max_frame_bytes,
@@ -486,7 +487,7 @@ class Agent:
                 self._outbox_wakeup = asyncio.Event()
                 outbox = asyncio.create_task(self._run_outbox(), name="outbox")
             if s.freeswitch_stream:
-                self.stream_server = await self._start_freeswitch(recorder)
+                self.stream_server = await self._start_freeswitch(recorder, clock)
             if ready is not None:
                 ready.set()
             await (stop.wait() if stop is not None else asyncio.Event().wait())
@@ -504,9 +505,8 @@ class Agent:
             if self.esl is not None:
                 await self.esl.close()
 
-    async def _start_freeswitch(self, recorder: Any) -> Any:
+    async def _start_freeswitch(self, recorder: Any, clock: Any) -> Any:
         """The mod_audio_stream WebSocket server, and ESL control if configured."""
-        from .audio.pacer import FrameClock
         from .transports.audiostream import AudioStreamServer
 
         s = self.settings
@@ -543,7 +543,7 @@ class Agent:
         stream = AudioStreamServer(
             self.handle_call,
             token,
-            clock=FrameClock(),
+            clock=clock,
             control=self.esl,
             playback=s.stream_playback,
             chunk_ms=s.stream_chunk_ms,
