@@ -239,7 +239,9 @@ class Conversation:
                 if self._agent_audible():
                     self._barge_onset = now
             if result.speech and self._barge_onset is not None and not self._barge_paused:
-                if (now - self._barge_onset) * 1000 >= self.config.barge_in_pause_ms:
+                # measured in audio, not in wall time: frames that arrive in a
+                # burst after a stall are still that much speech
+                if self.endpointer.speech_ms - WINDOW_MS >= self.config.barge_in_pause_ms:
                     self._pause_for_barge_in()
         if self.endpointer.in_speech and self.utterance.active:
             self._maybe_partial(now)
@@ -273,6 +275,7 @@ class Conversation:
             if ep.silence_ms(now * 1000) > ep.config.incomplete_ms:
                 ep.reset()  # a click or a cough: no turn
                 self.utterance.take()
+                self._no_turn()  # if it had paused the agent, the agent goes on
         await self._maybe_reprompt(now)
 
     def _maybe_partial(self, now: float) -> None:
