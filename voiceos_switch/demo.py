@@ -157,8 +157,7 @@ class ScriptedCaller(asyncio.Protocol):
 async def _caller_speech(text: str) -> bytes:
     from .providers.tts.piper import PiperTTS
 
-    pcm = await PiperTTS().synthesize(text, RATE)
-    return pcm
+    return await PiperTTS(steady=True).synthesize(text, RATE)  # the same caller every run
 
 
 async def run_caller(

@@ -107,7 +107,7 @@ async def wait_complete(store: Store, call_ids: list[str], timeout: float) -> No
 
 async def question_wav(tmp: Path, text: str) -> Path:
     path = tmp / f"{abs(hash(text))}.wav"
-    write_wav(path, await PiperTTS().synthesize(text, 8000), 8000)
+    write_wav(path, await PiperTTS(steady=True).synthesize(text, 8000), 8000)
     return path
 
 

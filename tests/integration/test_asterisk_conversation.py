@@ -30,7 +30,9 @@ async def test_question_answered_with_a_tool_through_asterisk(
     question = tmp_path / "question.wav"
     write_wav(
         question,
-        await PiperTTS().synthesize("Can you check on my order number four two seven?", 8000),
+        await PiperTTS(steady=True).synthesize(
+            "Can you check on my order number four two seven?", 8000
+        ),
         8000,
     )
     try:

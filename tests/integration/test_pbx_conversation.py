@@ -43,7 +43,7 @@ class Outcome:
 
 async def caller_timeline() -> tuple[bytes, float]:
     """The caller's whole side as one recording, and its length in seconds."""
-    tts = PiperTTS()
+    tts = PiperTTS(steady=True)
     first = await tts.synthesize(FIRST, RATE)
     long = await tts.synthesize(LONG, RATE)
     person = await tts.synthesize(PERSON, RATE)

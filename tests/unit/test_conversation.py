@@ -100,7 +100,7 @@ _speech_cache: dict[str, bytes] = {}
 
 async def speech(text: str) -> bytes:
     if text not in _speech_cache:
-        _speech_cache[text] = phone_channel(await PiperTTS().synthesize(text, 8000))
+        _speech_cache[text] = phone_channel(await PiperTTS(steady=True).synthesize(text, 8000))
     return _speech_cache[text]
 
 

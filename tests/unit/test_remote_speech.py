@@ -89,7 +89,7 @@ class SpeechServer:
         self.requests.append(req)
         if req.get("response_format") != "pcm":
             return JSONResponse({"error": {"message": "only pcm here"}}, status_code=400)
-        audio = await PiperTTS().synthesize(str(req["input"]), 24000)
+        audio = await PiperTTS(steady=True).synthesize(str(req["input"]), 24000)
 
         async def chunks() -> AsyncIterator[bytes]:
             for i in range(0, len(audio), 9601):  # odd sizes: samples split across chunks
@@ -122,7 +122,7 @@ def speech_server() -> Iterator[tuple[str, SpeechServer]]:
 
 
 async def question_audio(rate: int = 8000) -> bytes:
-    return phone_channel(await PiperTTS().synthesize(QUESTION + "?", rate), rate)
+    return phone_channel(await PiperTTS(steady=True).synthesize(QUESTION + "?", rate), rate)
 
 
 async def test_openai_transcription_returns_the_words_with_timings(

