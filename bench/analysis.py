@@ -17,9 +17,6 @@ import asyncio
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,12 +36,6 @@ AGENT = [
     "Order four two seven has shipped. It arrives on Friday.",
     "You are welcome. Have a nice day.",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _legs(rate: int = 8000) -> tuple[bytes, bytes]:
@@ -77,14 +68,15 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
+    from tests.redis_server import RedisServer, Worker
     from voiceos_switch.jobs.kinds import KINDS
     from voiceos_switch.records.record import costs
     from voiceos_switch.records.store import Store
     from voiceos_switch.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="voiceos-analysis-"))
-    port = _free_port()
-    redis_url = f"redis://127.0.0.1:{port}/0"
+    redis = RedisServer()
+    redis_url = redis.url
     db_url = f"sqlite:///{tmp / 'calls.db'}"
     settings = Settings(redis_url=redis_url, database_url=db_url)
     store = Store(db_url)
@@ -147,33 +139,10 @@ def main() -> None:
         )
         ids.append(call_id)
 
-    redis = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    time.sleep(0.5)
-    log = tmp / "worker.log"
+    redis.start()
     env = dict(os.environ, VOICEOS_REDIS_URL=redis_url, VOICEOS_DATABASE_URL=db_url)
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "voiceos_switch.cli", "worker", "--concurrency", "1"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    worker = Worker.start(env, tmp / "worker.log")
     try:
-        while " ready." not in log.read_text(errors="replace"):
-            time.sleep(0.1)
         from voiceos_switch.jobs.app import make_app
 
         app = make_app(settings)
@@ -188,11 +157,9 @@ def main() -> None:
         elapsed = time.monotonic() - t0
         print()
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(30)
-        redis.terminate()
-        redis.wait(10)
-    text = log.read_text(errors="replace")
+        worker.stop()
+        redis.stop()
+    text = worker.text()
     per_kind: dict[str, list[float]] = {}
     ids_kind = {}
     for m in re.finditer(r"run_analysis\[([0-9a-f-]+)\] received", text):

@@ -1,10 +1,15 @@
-"""A real redis-server on a free loopback port, for the tests that need one."""
+"""A real redis-server on a free loopback port and a real Celery worker
+process, for the tests and benchmarks that need them."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -46,3 +51,42 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(10)
             self.proc = None
+
+
+@dataclass
+class Worker:
+    """``voiceos-switch worker`` as its own process, its output in ``log``."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @classmethod
+    def start(cls, env: dict[str, str], log: Path, timeout: float = 60) -> Worker:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "voiceos_switch.cli", "worker", "--concurrency", "1"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        worker = cls(proc, log)
+        worker.wait_for(" ready.", timeout)
+        return worker
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.text():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"worker never logged {needle!r}:\n{self.text()[-2000:]}")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()

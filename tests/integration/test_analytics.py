@@ -13,14 +13,13 @@ import sys
 import time
 import wave
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, Worker
 from voiceos_switch.demo import demo_agent
 from voiceos_switch.jobs.kinds import KINDS
 from voiceos_switch.pbx.asterisk import AsteriskSandbox
@@ -40,23 +39,6 @@ PRICES = {
 }
 
 
-@dataclass
-class Worker:
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, needle: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if needle in self.text():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"worker never logged {needle!r}:\n{self.text()[-2000:]}")
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, Settings, Worker]]:
     tmp = tmp_path_factory.mktemp("analytics")
@@ -68,7 +50,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer,
         job_visibility_timeout_s=30,
         **PRICES,  # type: ignore[arg-type]
     )
-    log = tmp / "worker.log"
     worker_env = dict(
         os.environ,
         VOICEOS_REDIS_URL=redis.url,
@@ -76,21 +57,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer,
         VOICEOS_JOB_VISIBILITY_TIMEOUT_S="30",
         **{f"VOICEOS_{k.upper()}": str(v) for k, v in PRICES.items()},
     )
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "voiceos_switch.cli", "worker", "--concurrency", "1"],
-            env=worker_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    worker = Worker(proc, log)
-    worker.wait_for(" ready.", 60)
+    worker = Worker.start(worker_env, tmp / "worker.log")
     yield redis, settings, worker
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    worker.stop()
     redis.stop()
 
 
