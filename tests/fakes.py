@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from voiceos_switch.audio.pacer import FrameClock, Pacer, Playout
 from voiceos_switch.media import MediaEnded, MediaEvent
+from voiceos_switch.transports.inbox import Inbox, InboxMedia
 
 
 class FakeTTS:
@@ -20,7 +21,10 @@ class FakeTTS:
             yield b"\x10\x00" * (sample_rate // 10)
 
 
-class FakeMedia:
+class FakeMedia(InboxMedia):
+    """A call media whose caller is the test: it puts what the caller sends
+    with ``put`` and reads what the agent sent in ``sent``."""
+
     pbx = "test"
 
     def __init__(self, clock: FrameClock, rate: int = 8000) -> None:
@@ -31,7 +35,7 @@ class FakeMedia:
         self.sent_at: list[float] = []
         self.pacer = Pacer(rate, self._write)
         clock.add(self.pacer)
-        self.queue: asyncio.Queue[MediaEvent] = asyncio.Queue()
+        self._inbox = Inbox()
         self._ended: MediaEnded | None = None
         self.hung_up = False
 
@@ -39,12 +43,8 @@ class FakeMedia:
         self.sent.append(pcm)
         self.sent_at.append(self.clock.clock.now())
 
-    async def events(self) -> AsyncIterator[MediaEvent]:
-        while True:
-            ev = await self.queue.get()
-            yield ev
-            if isinstance(ev, MediaEnded):
-                return
+    def put(self, event: MediaEvent) -> None:
+        self._inbox.put(event)
 
     def send_audio(self, pcm: bytes) -> Playout:
         return self.pacer.enqueue(pcm)
@@ -66,12 +66,4 @@ class FakeMedia:
         if self._ended is None:
             self._ended = MediaEnded(reason)
             self.pacer.clear()
-            self.queue.put_nowait(self._ended)
-
-    @property
-    def ended(self) -> bool:
-        return self._ended is not None
-
-    @property
-    def end_reason(self) -> MediaEnded | None:
-        return self._ended
+            self._inbox.put(self._ended)

@@ -43,9 +43,9 @@ async def test_greeting_then_keypad_then_goodbye_hangs_up(clock: FrameClock) -> 
     media = FakeMedia(clock)
     task = await run_call(agent, media)
     await asyncio.sleep(0.4)  # the greeting is 3 words = 300 ms
-    media.queue.put_nowait(DtmfIn("5"))
+    media.put(DtmfIn("5"))
     await asyncio.sleep(0.5)
-    media.queue.put_nowait(DtmfIn("#"))
+    media.put(DtmfIn("#"))
     await asyncio.wait_for(task, 5)
     assert turns == ["Hello there caller", "You pressed 5.", "Goodbye."]
     assert media.hung_up and ended and ended[0].dtmf == ["5", "#"]
@@ -62,7 +62,7 @@ async def test_a_key_interrupts_the_greeting_and_the_transcript_keeps_what_was_h
     media = FakeMedia(clock)
     task = await run_call(agent, media)
     await asyncio.sleep(0.3)
-    media.queue.put_nowait(DtmfIn("1"))
+    media.put(DtmfIn("1"))
     await asyncio.sleep(0.6)
     media.end("remote hung up")
     await asyncio.wait_for(task, 5)
@@ -98,7 +98,7 @@ async def test_zero_asks_for_a_human_and_says_so_when_none_can_be_reached(
     media = FakeMedia(clock)
     task = await run_call(agent, media)
     agent.on("transcript")(lambda call, turn: asked.append(turn.text))
-    media.queue.put_nowait(DtmfIn("0"))
+    media.put(DtmfIn("0"))
     await asyncio.sleep(1.6)
     media.end("remote hung up")
     await asyncio.wait_for(task, 5)
@@ -128,7 +128,7 @@ async def test_user_handlers_replace_the_builtin_and_their_errors_do_not_end_the
     media = FakeMedia(clock)
     task = await run_call(agent, media)
     for d in "95":
-        media.queue.put_nowait(DtmfIn(d))
+        media.put(DtmfIn(d))
     await asyncio.sleep(0.1)
     assert seen == ["9", "5"] and not media.ended
     media.end("remote hung up")

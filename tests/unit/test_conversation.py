@@ -137,7 +137,7 @@ class Harness:
         loop = asyncio.get_running_loop()
         start = loop.time()
         for n, i in enumerate(range(0, len(pcm), FRAME)):
-            self.media.queue.put_nowait(AudioIn(pcm[i : i + FRAME].ljust(FRAME, b"\0")))
+            self.media.put(AudioIn(pcm[i : i + FRAME].ljust(FRAME, b"\0")))
             await asyncio.sleep(max(0.0, start + (n + 1) * 0.02 - loop.time()))
 
     async def silence(self, seconds: float, frames: bool = True) -> None:
@@ -370,7 +370,7 @@ async def test_a_backchannel_does_not_interrupt(clock: FrameClock, delivery: str
         # the barge-in decision counts the speech in them, not the wall time
         pcm = h.conv.stt.learn(await speech("Uh-huh."), "uh-huh")
         for i in range(0, len(pcm), FRAME):
-            h.media.queue.put_nowait(AudioIn(pcm[i : i + FRAME].ljust(FRAME, b"\0")))
+            h.media.put(AudioIn(pcm[i : i + FRAME].ljust(FRAME, b"\0")))
     await h.silence(0.5)
     await h.wait_idle(15, turns=1)
     agent = [t for t in h.conv.call.transcript if t.role == "agent"]
