@@ -44,18 +44,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .agent import Agent, ConfigurationError
 
     overrides = {}
-    if args.audiosocket:
-        try:
-            split_hostport(args.audiosocket)
-        except ValueError as exc:
-            return _fail(str(exc))
-        overrides["audiosocket"] = args.audiosocket
-    if args.freeswitch:
-        try:
-            split_hostport(args.freeswitch)
-        except ValueError as exc:
-            return _fail(str(exc))
-        overrides["freeswitch_stream"] = args.freeswitch
+    for address, setting in (
+        (args.audiosocket, "audiosocket"),
+        (args.freeswitch, "freeswitch_stream"),
+    ):
+        if address:
+            try:
+                split_hostport(address)
+            except ValueError as exc:
+                return _fail(str(exc))
+            overrides[setting] = address
     if args.record_dir:
         overrides["recordings_dir"] = Path(args.record_dir)
     settings = Settings(**overrides)
