@@ -72,6 +72,9 @@ async def run(turns: int, interrupt_every: int, backchannel_every: int) -> dict[
     answered = [t for t in result.turns if not t.backchannel]
     responses = [t.response_ms for t in answered if t.response_ms is not None and t.onset is None]
     barge = [t.barge_in_ms for t in answered if t.barge_in_ms is not None]
+    # the caller spoke where an interruption was due, but the agent had
+    # already stopped (its whole answer was shorter than the wait)
+    over_quiet = sum(1 for t in answered if t.onset is not None and t.barge_in_ms is None)
     stages: dict[str, list[float]] = {}
     for m in conv.metrics:
         for k, v in m.as_ms().items():
@@ -90,6 +93,7 @@ async def run(turns: int, interrupt_every: int, backchannel_every: int) -> dict[
         },
         "stages_p50_ms": {k: round(median(v), 1) for k, v in stages.items()},
         "barge_in_ms": {"p50": pct(barge, 0.5), "p95": pct(barge, 0.95), "n": len(barge)},
+        "interruptions_over_a_quiet_agent": over_quiet,
         "backchannels": len(backchannels),
         "backchannels_that_stopped_the_agent": wrongly_taken,
         "barge_ins": conv.barge_ins,

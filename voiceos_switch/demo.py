@@ -251,15 +251,16 @@ async def run_caller(
 
 
 def _last_before_gap(times: list[float], onset: float, gap: float = 0.3) -> float | None:
-    """The agent's last loud frame at or after ``onset`` before it went quiet."""
-    last = None
+    """The agent's last loud frame at or after ``onset`` before it went quiet;
+    None when the agent was already quiet then (there was nothing to interrupt)."""
+    last = onset
     for t in times:
         if t < onset:
             continue
-        if last is not None and t - last > gap:
+        if t - last > gap:
             break
         last = t
-    return last if last is not None else onset
+    return last if last > onset else None
 
 
 def write_stereo(path: Path, caller: bytes, agent: bytes, rate: int = RATE) -> None:
