@@ -59,7 +59,8 @@ class ConversationConfig:
     greeting: str | None = None
     style: str = "balanced"
     barge_in: bool = True
-    #: caller speech over the agent for this long pauses the agent's audio
+    #: caller speech over the agent for this long after its first VAD window
+    #: (counted in audio) pauses the agent's audio
     barge_in_pause_ms: int = 32
     backchannels: frozenset[str] = BACKCHANNELS
     reprompt_after_s: float = 8.0

