@@ -98,7 +98,7 @@ def main() -> None:
     t = time.perf_counter()
     results["tfidf-shared-keyword"] = (shared_keyword(corpus), time.perf_counter() - t)
 
-    from voiceos_switch.jobs.embed import MiniLM
+    from voiceos_switch.providers.embed import MiniLM
 
     MiniLM.shared()  # load once, outside the timing
     t = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from voiceos_switch.audio.pacer import FrameClock, Pacer, Playout
 from voiceos_switch.media import MediaEnded, MediaEvent
@@ -51,6 +52,9 @@ class FakeMedia(InboxMedia):
 
     def clear(self) -> int:
         return self.pacer.clear()
+
+    def monitor_output(self, callback: Any) -> None:
+        self.pacer.monitor = callback
 
     def pause_output(self) -> None:
         self.pacer.pause()

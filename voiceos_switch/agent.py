@@ -16,16 +16,17 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import inspect
 import json
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import log
-from .call import TTS, Call, Handler
+from .call import TTS, Call
+from .handlers import Handler, HandlerRunner
 from .control.ami import AMIController, AMIError
 from .control.esl import ESLController, ESLError
 from .media import AudioIn, CallMedia, DtmfIn, MediaEnded
@@ -43,6 +44,12 @@ EVENTS = frozenset(
         "escalation_requested",
     }
 )
+
+
+DEFAULT_PROMPT = "You are a helpful phone agent."
+
+#: how long a finished call waits for its handlers before it lets them go
+HANDLER_DRAIN_S = 10.0
 
 
 class ConfigurationError(ValueError):
@@ -75,6 +82,8 @@ class Agent:
         human_target: str | None = None,
         style: str = "balanced",
         stt: str | None = None,
+        facts: Sequence[str] | Mapping[str, str] | None = None,
+        turn_detection: bool = True,
         name: str = "agent",
         settings: Settings | None = None,
     ) -> None:
@@ -103,6 +112,14 @@ class Agent:
             )
         self.greeting = greeting
         self.human_target = human_target or self.settings.human_extension
+        from .conversation.knowledge import Knowledge, facts_from
+
+        try:
+            self.knowledge = Knowledge(facts_from(facts))
+        except ValueError as exc:
+            raise ConfigurationError(f"facts: {exc}") from exc
+        self.turn_detection = turn_detection
+        self._turn_model: Any = None
         self._handlers: dict[str, list[Handler]] = {name: [] for name in EVENTS}
         self.calls: dict[str, Call] = {}
         self.control: AMIController | None = None
@@ -110,8 +127,10 @@ class Agent:
         self._tts: TTS | None = None
         self._llm: Any = None
         self._stt: Any = None
-        #: per-call conversation metrics, kept for the call record and benchmarks
+        #: the live calls' conversations
         self.conversations: dict[str, Any] = {}
+        #: the last finished ones (metrics for benchmarks), bounded
+        self.finished: collections.deque[Any] = collections.deque(maxlen=20)
         self._store: Any = None
         self._models_loaded = False
         self._outbox_wakeup: asyncio.Event | None = None
@@ -132,16 +151,6 @@ class Agent:
     def has_handlers(self, event: str) -> bool:
         return bool(self._handlers[event])
 
-    async def _emit(self, event: str, call: Call, *args: Any) -> None:
-        for handler in self._handlers[event]:
-            try:
-                result = handler(call, *args)
-                if inspect.isawaitable(result):
-                    await result
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception(log.kv(event="handler_error", handler=event))
 
     # call control ------------------------------------------------------------
     def _require_control(
@@ -252,7 +261,9 @@ class Agent:
         return self._tts
 
     async def load_models(self) -> None:
-        """Load every model now, not on the first caller's time (once)."""
+        """Load every model now, not on the first caller's time (once), and
+        evaluate the agent's system prompt and greeting in the model's
+        contexts, so a call's first turn pays only for what the caller said."""
         from .providers import registry
 
         if self._models_loaded:
@@ -264,12 +275,28 @@ class Agent:
                 self._llm = registry.make_llm(self.model, self.settings)
             if self._stt is None:
                 self._stt = registry.make_stt(self.settings)
-            await registry.warm_up(self._llm, self._stt, bool(self.tools))
+            if self._turn_model is None and self.turn_detection:
+                self._turn_model = registry.make_turn_model()
+            await registry.warm_up(self._llm, self._stt, bool(self.tools), self._turn_model)
+            await self.knowledge.load()
+            warm = getattr(self._llm, "warm", None)
+            if warm is not None:
+                await warm(self._prompt_prefix())
         self._models_loaded = True
+
+    def _prompt_prefix(self) -> list[dict[str, Any]]:
+        from .conversation.engine import system_message
+
+        small = bool(getattr(self._llm, "small", False))
+        prefix = [system_message(self.system_prompt or DEFAULT_PROMPT, small)]
+        if self.greeting:
+            prefix.append({"role": "assistant", "content": self.greeting})
+        return prefix
 
     async def handle_call(self, media: CallMedia) -> None:
         """Run one call from its first frame to its end."""
-        call = Call(self, media, self._tts_provider())
+        runner = HandlerRunner(self._handlers)
+        call = Call(media, self._tts_provider(), agent_name=self.name, publish=runner.post)
         self.calls[call.id] = call
         if self.control is not None and call.pbx == "asterisk":
             info = self.control.channels.get(call.id)
@@ -278,28 +305,13 @@ class Agent:
         call.caller = call.caller or getattr(media, "caller", "")
         call.called = call.called or getattr(media, "called", "")
         logger.info(log.kv(event="call_started", pbx=call.pbx, rate=call.sample_rate))
-        if self.model is not None:
-            await self._converse(call, media)
-            return
-        speaking: asyncio.Task[Any] | None = None
+        conversation: Any = None
         try:
-            await self._emit("call_started", call)
-            if not self.has_handlers("call_started") and self.greeting:
-                speaking = asyncio.create_task(call.say(self.greeting))
-            async for event in media.events():
-                if isinstance(event, AudioIn):
-                    continue
-                if isinstance(event, DtmfIn):
-                    call.dtmf.append(event.digit)
-                    await self._emit("dtmf", call, event.digit)
-                    if not self.has_handlers("dtmf"):
-                        speaking = await self._builtin_dtmf(call, event.digit, speaking)
-                elif isinstance(event, MediaEnded):
-                    break
+            if self.model is not None:
+                conversation = await self._converse(call, media, runner)
+            else:
+                await self._keypad(call, media, runner)
         finally:
-            if speaking is not None and not speaking.done():
-                speaking.cancel()
-                await asyncio.gather(speaking, return_exceptions=True)
             call.ended_at = time.time()
             reason = getattr(media, "end_reason", None)
             call.end_reason = getattr(reason, "reason", "ended")
@@ -309,13 +321,42 @@ class Agent:
                     reason=call.end_reason,
                     turns=len(call.transcript),
                     dtmf="".join(call.dtmf) or "-",
+                    barge_ins=getattr(conversation, "barge_ins", 0),
                 )
             )
-            await self._write_record(call, None)
-            await self._emit("call_ended", call)
+            await self._write_record(call, conversation)
+            runner.post("call_ended", call)
+            if not await runner.drain(HANDLER_DRAIN_S):
+                logger.warning(log.kv(event="handlers_still_running", after_s=HANDLER_DRAIN_S))
+            await runner.close()
             self.calls.pop(call.id, None)
+            live = self.conversations.pop(call.id, None)
+            if live is not None:
+                self.finished.append(live)
 
-    async def _converse(self, call: Call, media: CallMedia) -> None:
+    async def _keypad(self, call: Call, media: CallMedia, runner: HandlerRunner) -> None:
+        """The built-in greeting agent: the keypad drives it."""
+        speaking: asyncio.Task[Any] | None = None
+        try:
+            runner.post("call_started", call)
+            if not self.has_handlers("call_started") and self.greeting:
+                speaking = asyncio.create_task(call.say(self.greeting))
+            async for event in media.events():
+                if isinstance(event, AudioIn):
+                    continue
+                if isinstance(event, DtmfIn):
+                    call.dtmf.append(event.digit)
+                    runner.post("dtmf", call, event.digit)
+                    if not self.has_handlers("dtmf"):
+                        speaking = await self._builtin_dtmf(call, event.digit, speaking)
+                elif isinstance(event, MediaEnded):
+                    break
+        finally:
+            if speaking is not None and not speaking.done():
+                speaking.cancel()
+                await asyncio.gather(speaking, return_exceptions=True)
+
+    async def _converse(self, call: Call, media: CallMedia, runner: HandlerRunner) -> Any:
         from .conversation.engine import Conversation, ConversationConfig
         from .conversation.tools import Tool
 
@@ -328,28 +369,18 @@ class Agent:
             tts=self._tts_provider(),
             tools=[Tool.from_function(f) for f in self.tools],
             config=ConversationConfig(
-                system_prompt=self.system_prompt or "You are a helpful phone agent.",
+                system_prompt=self.system_prompt or DEFAULT_PROMPT,
                 greeting=self.greeting or None,
                 style=self.style,
             ),
-            emit=self._emit,
+            emit=runner.post,
+            turn_model=self._turn_model,
+            knowledge=self.knowledge,
         )
         self.conversations[call.id] = conversation
-        try:
-            await self._emit("call_started", call)
-            await conversation.run()
-        finally:
-            call.ended_at = time.time()
-            reason = getattr(media, "end_reason", None)
-            call.end_reason = getattr(reason, "reason", "ended")
-            logger.info(
-                log.kv(
-                    event="call_ended", turns=len(call.transcript), barge_ins=conversation.barge_ins
-                )
-            )
-            await self._write_record(call, conversation)
-            await self._emit("call_ended", call)
-            self.calls.pop(call.id, None)
+        runner.post("call_started", call)
+        await conversation.run()
+        return conversation
 
     # call records --------------------------------------------------------------
     @property
@@ -410,7 +441,7 @@ class Agent:
             speaking.cancel()
             await asyncio.gather(speaking, return_exceptions=True)
         if digit == "0":
-            await self._emit("escalation_requested", call, "keypad")
+            call.publish("escalation_requested", call, "keypad")
             if not self.has_handlers("escalation_requested"):
                 return asyncio.create_task(self._say_then_transfer(call))
             return None

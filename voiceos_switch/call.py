@@ -6,14 +6,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from . import log
 from .audio.pacer import Playout
 from .media import CallMedia
-
-if TYPE_CHECKING:
-    from .agent import Agent
+from .speech import SpeechHandle, heard_prefix
 
 logger = log.get(__name__)
 
@@ -58,11 +56,29 @@ class ReviewFlag:
     at: float = field(default_factory=time.time)
 
 
+Publish = Callable[..., None]
+
+
+def _nowhere(event: str, call: Any, *args: Any) -> None:
+    return None
+
+
 class Call:
-    def __init__(self, agent: Agent, media: CallMedia, tts: TTS) -> None:
-        self.agent = agent
+    """One call. ``publish(event, call, *args)`` hands an event to the
+    agent's handlers, off the turn loop (it never blocks)."""
+
+    def __init__(
+        self,
+        media: CallMedia,
+        tts: TTS,
+        *,
+        agent_name: str = "agent",
+        publish: Publish = _nowhere,
+    ) -> None:
         self.media = media
         self._tts = tts
+        self.agent_name = agent_name
+        self.publish = publish
         self.id = media.call_id
         self.pbx = media.pbx
         self.caller = ""
@@ -79,7 +95,9 @@ class Call:
         self.tool_calls: list[dict[str, Any]] = []
         self.emotions: list[dict[str, Any]] = []
         self.end_reason = ""
-        self._speech: asyncio.Task[Turn] | None = None
+        #: set while a conversation runs: speech then goes through its turn
+        #: loop, so the caller can interrupt it like any reply
+        self.speaker: Callable[[str], Awaitable[Turn]] | None = None
 
     @property
     def sample_rate(self) -> int:
@@ -97,42 +115,35 @@ class Call:
         short (barge-in, :meth:`stop_speaking`, hangup), the turn records
         only the part the caller heard.
         """
+        if self.speaker is not None:
+            return await self.speaker(text)
         turn = Turn("agent", text, time.time())
         self.transcript.append(turn)
-        frame = self.media.sample_rate * 2 // 50
-        carry = b""
-        playouts: list[Playout] = []
+        handle = SpeechHandle(self.media, source="say")
         try:
             self.usage.tts_chars += len(text)
+            handle.begin(text)
             async for chunk in self._tts.stream(text, self.media.sample_rate):
-                if self.media.ended or any(p.interrupted for p in playouts):
+                if handle.ended or self.media.ended:
                     break
-                data = carry + chunk
-                whole = len(data) // frame * frame
-                carry = data[whole:]
-                if whole:
-                    playouts.append(self.media.send_audio(data[:whole]))
-            if carry and not self.media.ended and not any(p.interrupted for p in playouts):
-                playouts.append(self.media.send_audio(carry))
-            complete = all([await p.wait() for p in playouts]) and not self.media.ended
+                handle.audio(chunk)
+            handle.finish()
+            complete = await handle.wait() and not self.media.ended
         except asyncio.CancelledError:
-            self.media.clear()
-            complete = False
-            self._finish_turn(turn, playouts, complete)
+            handle.interrupt()
+            self._finish_turn(turn, handle, False)
             raise
-        self._finish_turn(turn, playouts, complete)
-        await self.agent._emit("transcript", self, turn)
+        self._finish_turn(turn, handle, complete)
+        self.publish("transcript", self, turn)
         return turn
 
-    def _finish_turn(self, turn: Turn, playouts: list[Playout], complete: bool) -> None:
+    def _finish_turn(self, turn: Turn, handle: Any, complete: bool) -> None:
         turn.ended_at = time.time()
         if complete:
             return
-        total = sum(p.frames for p in playouts) or 1
-        heard = sum(p.sent for p in playouts)
         turn.interrupted = True
         turn.planned_text = turn.text
-        turn.text = heard_prefix(turn.text, heard / total)
+        turn.text = heard_prefix(turn.text, handle.heard_fraction)
 
     def stop_speaking(self) -> int:
         """Cut the agent's voice now; returns frames dropped."""
@@ -161,13 +172,6 @@ class Call:
         turn = Turn("caller", text, time.time(), time.time())
         self.transcript.append(turn)
         return turn
-
-
-def heard_prefix(text: str, fraction: float) -> str:
-    """The words of ``text`` a listener heard when ``fraction`` of it played."""
-    words = text.split()
-    keep = int(len(words) * max(0.0, min(1.0, fraction)))
-    return " ".join(words[:keep])
 
 
 Handler = Callable[..., Awaitable[Any] | Any]

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .agent import Agent
+from .conversation.tools import tool
 from .protocols import audiosocket as proto
 from .settings import Settings
 
@@ -28,13 +29,22 @@ RATE = 8000
 FRAME_BYTES = RATE // 50 * 2
 SILENCE = bytes(FRAME_BYTES)
 
-STORE_FACTS = (
-    "You are a phone agent for Acme Hardware. Facts: the store is open from nine in the "
-    "morning to six in the evening, Monday to Saturday, and closed on Sunday. Acme sells "
-    "tools, paint, garden supplies and hardware."
-)
+STORE_PROMPT = "You are a friendly phone agent for Acme Hardware, a hardware store."
+
+#: what the agent knows, as data: it says these, it does not paraphrase them
+STORE_FACTS = [
+    "We are open from nine in the morning to six in the evening, Monday to Saturday.",
+    "We are closed on Sundays.",
+    "We sell tools, paint, garden supplies and hardware.",
+    "You can return anything within thirty days with your receipt.",
+    "Delivery is free on orders over fifty dollars.",
+    "We are at twelve Main Street, next to the post office.",
+    "Parking is free behind the store.",
+    "We cut keys while you wait, for three dollars a key.",
+]
 
 
+@tool(read_only=True)
 def lookup_order(order_number: str) -> dict[str, str]:
     """Look up the delivery status of a customer's order by its number."""
     digits = "".join(ch for ch in order_number if ch.isdigit())
@@ -56,7 +66,8 @@ def demo_agent(settings: Settings | None = None, voice: str = "espeak") -> Agent
     return Agent(
         model="local",
         voice=voice,
-        system_prompt=STORE_FACTS,
+        system_prompt=STORE_PROMPT,
+        facts=STORE_FACTS,
         tools=[lookup_order],
         greeting="Hello, Acme Hardware. How can I help?",
         settings=settings or Settings(),
@@ -294,7 +305,7 @@ async def call_demo_agent(script: list[Step], voice: str = "espeak") -> tuple[Ca
     finally:
         stop.set()
         await server_task
-    ((_, conversation),) = agent.conversations.items()
+    (conversation,) = agent.finished
     return result, conversation
 
 

@@ -7,7 +7,7 @@ of inbound events (caller audio, DTMF, the end) and three outbound actions
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,6 +64,11 @@ class CallMedia(Protocol):
 
     async def hangup(self) -> None:
         """End the media session from our side."""
+        ...
+
+    def monitor_output(self, callback: Callable[[bytes, float], None]) -> None:
+        """Have ``callback(pcm, at)`` told of each agent frame as it is heard
+        (the listener's echo estimate)."""
         ...
 
     @property

@@ -77,7 +77,7 @@ async def test_a_key_interrupts_the_greeting_and_the_transcript_keeps_what_was_h
 async def test_say_interrupted_records_only_the_heard_words(clock: FrameClock) -> None:
     agent = make_agent()
     media = FakeMedia(clock)
-    call = Call(agent, media, FakeTTS())
+    call = Call(media, FakeTTS())
     speaking = asyncio.create_task(call.say("alpha beta gamma delta epsilon zeta eta theta"))
     await asyncio.sleep(0.25)
     dropped = call.stop_speaking()
@@ -108,7 +108,7 @@ async def test_zero_asks_for_a_human_and_says_so_when_none_can_be_reached(
 
 async def test_transfer_without_call_control_is_a_clear_error(clock: FrameClock) -> None:
     agent = make_agent()
-    call = Call(agent, FakeMedia(clock), FakeTTS())
+    call = Call(FakeMedia(clock), FakeTTS())
     with pytest.raises(TransferError, match="no AMI connection"):
         await agent.transfer_to_human(call)
 

@@ -81,6 +81,8 @@ class Pacer:
         self.frames_sent = 0
         self.audio_frames_sent = 0
         self.last_audio_sent_at: float | None = None
+        #: called with each frame of agent audio and the time it is heard
+        self.monitor: Callable[[bytes, float], None] | None = None
 
     @property
     def queued_frames(self) -> int:
@@ -155,6 +157,8 @@ class Pacer:
         if self._queue and not self.paused:
             chunk, owner, marker = self._take(now)
             self._write(chunk)
+            if self.monitor is not None:
+                self.monitor(chunk, now)
             self.audio_frames_sent += 1
             self.last_audio_sent_at = now
             if owner is not None:
@@ -316,7 +320,9 @@ class ChunkPacer(Pacer):
         period = FRAME_MS / 1000
         held = self._held
         while held and held[0][0] + period <= now:
-            _, _, owner, marker = held.popleft()
+            at, pcm, owner, marker = held.popleft()
+            if self.monitor is not None:
+                self.monitor(pcm, at)
             if owner is not None:
                 owner.sent += 1
             if marker is not None and not marker.done.done():

@@ -1,33 +1,71 @@
 """The turn loop: listen, think, speak, be interrupted.
 
-Inbound audio -> VAD -> endpointer (with the transcript) -> STT final ->
-LLM (streaming, tools) -> chunker -> TTS -> pacer. Barge-in is a separate,
-prioritised path: caller speech over the agent pauses the agent's audio at
-once; if the caller's words are more than a backchannel, the reply is
-cancelled and its queued audio dropped, and the agent's message is trimmed to
-what was played. Every wait has a timeout, so no state can stick.
+Listening (``listener.py``) and speaking (``speech.py``) are separate; this
+module decides between them. Caller audio goes to the listener, which
+reports cues, pauses with their transcript, and ends of turn. The reply is
+speculated: when the caller pauses, the transcript of what they said is
+already being decoded, and as soon as it is there the whole reply starts
+(facts, model, tools without side effects, the first clause's voice) into a
+*held* speech handle. When the end of the turn is confirmed the held audio
+goes out on the next frame; if the caller goes on, it is dropped without a
+sound and nothing of it reaches the history.
+
+Barge-in is a separate, prioritised path: the first frames of a voice over
+the agent pause its audio at once; the words decide (a backchannel or the
+agent's own echo resumes it where it paused, anything else stops it and the
+agent's message is trimmed to what was heard).
+
+Every wait has a deadline on the injected clock, so no state can stick and
+the timing logic runs the same on a virtual clock in tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import enum
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from .. import log
-from ..audio.pacer import Playout
-from ..call import TTS, Call, Turn, heard_prefix
+from ..audio.clock import Clock, MonotonicClock, Timer
+from ..audio.levels import level_db
+from ..call import TTS, Call, Turn
 from ..media import AudioIn, CallMedia, DtmfIn, MediaEnded, MediaEvent
-from ..providers.llm import LLM, LLMError, TextDelta, ToolCallRequest
-from ..providers.stt import Transcript
-from ..providers.vad import WINDOW_MS, VADStream
+from ..providers.llm import (
+    LLM,
+    LLMError,
+    LLMSession,
+    TextDelta,
+    ToolCallRequest,
+    open_session,
+    route_tool,
+)
+from ..speech import SpeechHandle, SpeechState
+from . import endpoint
 from .chunker import SentenceChunker
-from .endpoint import EndpointConfig, Endpointer, looks_complete
+from .knowledge import Knowledge, Match, ungrounded
+from .listener import (
+    CueDropped,
+    Hypothesis,
+    Listener,
+    ListenerConfig,
+    ListenerEvent,
+    NoTurn,
+    Phase,
+    Resumed,
+    SpeechStarted,
+    STTLike,
+    TurnEnded,
+    TurnModel,
+    VADLike,
+    VoiceCue,
+)
 from .tools import Tool
 
 logger = log.get(__name__)
@@ -43,14 +81,36 @@ VOICE_RULES = (
     "way a person would say them aloud. If you need facts you do not have, use a tool."
 )
 
-
 BRIEF_VOICE_RULES = "Reply in one or two short spoken sentences."
 
+#: inbound events handed from the transport to the loop at most; beyond
+#: them the transport's own bounded inbox holds (and drops) audio
+INBOUND_HANDOVER = 50
 
-class STTLike(Protocol):
-    name: str
+NOT_SURE = "I'm not sure about that. Is there something else I can help with?"
+TROUBLE = "Sorry, I'm having trouble right now. Could you say that again?"
 
-    async def transcribe(self, pcm: bytes, sample_rate: int, final: bool = True) -> Transcript: ...
+
+def system_message(prompt: str, small: bool) -> dict[str, Any]:
+    """The agent's prompt with the rules for speaking on the phone (one
+    short sentence of them for a small model, which follows a short prompt
+    better). The same for every turn of a call, so the model's evaluated
+    prompt carries over from turn to turn."""
+    if small:
+        return {"role": "system", "content": f"{prompt} {BRIEF_VOICE_RULES}"}
+    return {"role": "system", "content": f"{VOICE_RULES}\n\n{prompt}"}
+
+
+class TurnState(enum.Enum):
+    """Where the conversation is. Each change is logged and kept in
+    :attr:`Conversation.transitions`."""
+
+    IDLE = "idle"  # nobody speaking, nothing pending
+    LISTENING = "listening"  # the caller is speaking or pausing
+    THINKING = "thinking"  # a turn ended; the reply is not audible yet
+    SPEAKING = "speaking"  # the agent is audible
+    PAUSED = "paused"  # the agent is paused: the caller may be interrupting
+    ENDED = "ended"
 
 
 @dataclass
@@ -59,25 +119,32 @@ class ConversationConfig:
     greeting: str | None = None
     style: str = "balanced"
     barge_in: bool = True
-    #: caller speech over the agent for this long after its first VAD window
-    #: (counted in audio) pauses the agent's audio
-    barge_in_pause_ms: int = 32
     backchannels: frozenset[str] = BACKCHANNELS
     reprompt_after_s: float = 8.0
     reprompts: int = 1
     reprompt_text: str = "Are you still there?"
     goodbye_text: str = "I'll let you go now. Goodbye."
+    not_heard_text: str = "Sorry, I didn't catch that. Could you say it again?"
     max_utterance_s: float = 30.0
     tool_filler_after_s: float = 0.8
     tool_filler_text: str = "One moment while I check that."
     tool_timeout_s: float = 10.0
     llm_timeout_s: float = 8.0
-    partial_interval_s: float = 0.8
-    #: start the model on the speculative transcript before the endpoint.
-    #: Off by default: with a tool answer through Asterisk the held reply was
-    #: not heard (under investigation); see docs/conversation.md
-    preemptive: bool = False
+    #: start the whole reply when the caller pauses, before the turn's end
+    #: is confirmed (it is dropped without a sound if the caller goes on)
+    speculate: bool = True
     max_tool_rounds: int = 3
+    #: a fact this close in meaning to the caller's words is the answer
+    fact_direct: float = 0.55
+    #: a fact this close is given to the model as the line it needs (a
+    #: small model, which invents, speaks the fact itself instead)
+    fact_relevant: float = 0.3
+    #: a caller speaking over the agent this long without a pause to read
+    #: their words gets them read anyway (the agent stays paused until then)
+    barge_in_decide_s: float = 1.5
+    #: history kept for a small model, in messages; trimmed in blocks so the
+    #: prompt keeps extending the previous one between trims
+    small_history: int = 8
 
 
 @dataclass
@@ -87,6 +154,7 @@ class TurnMetrics:
     index: int
     caller_text: str = ""
     speech_end: float | None = None
+    hypothesis: float | None = None
     endpoint: float | None = None
     stt_final: float | None = None
     llm_first_token: float | None = None
@@ -94,6 +162,9 @@ class TurnMetrics:
     first_frame_sent: float | None = None
     interrupted: bool = False
     preemptive: bool = False
+    answer: str = ""  # "fact", "model", "tool", "fallback"
+    endpoint_reason: str = ""
+    turn_p: float | None = None
     tool_calls: list[str] = field(default_factory=list)
 
     def as_ms(self) -> dict[str, float | None]:
@@ -115,30 +186,27 @@ class TurnMetrics:
         return self.as_ms()["first_frame_sent"]
 
 
-class _Utterance:
-    """Caller audio of the turn in progress, bounded."""
+@dataclass
+class _Reply:
+    """A reply being made for one caller turn (held until the turn is confirmed)."""
 
-    def __init__(self, rate: int, max_s: float, preroll_ms: int = 300) -> None:
-        self.rate = rate
-        self.max_bytes = int(max_s * rate) * 2
-        self.preroll_bytes = rate * preroll_ms // 1000 * 2
-        self.buf = bytearray()
-        self.active = False
+    turn: int
+    text: str
+    handle: SpeechHandle
+    metrics: TurnMetrics
+    #: the caller's message as the model sees it (with the fact it needs)
+    user_content: str = ""
+    planned: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def add(self, pcm: bytes) -> None:
-        self.buf += pcm
-        if not self.active and len(self.buf) > self.preroll_bytes:
-            del self.buf[: len(self.buf) - self.preroll_bytes]
 
-    @property
-    def full(self) -> bool:
-        return len(self.buf) >= self.max_bytes
+@dataclass
+class _BargeIn:
+    """A voice over the agent (utterance ``turn``), its words not yet read.
+    Whatever the agent is saying meanwhile is paused."""
 
-    def take(self) -> bytes:
-        data = bytes(self.buf)
-        self.buf.clear()
-        self.active = False
-        return data
+    turn: int
+    at_ms: float
+    level_db: float = -96.0
 
 
 class Conversation:
@@ -154,8 +222,12 @@ class Conversation:
         tts: TTS,
         tools: list[Tool],
         config: ConversationConfig,
-        emit: Callable[..., Awaitable[None]],
-        clock: Callable[[], float] = time.monotonic,
+        emit: Callable[..., Any],
+        vad: VADLike | None = None,
+        turn_model: TurnModel | None = None,
+        knowledge: Knowledge | None = None,
+        clock: Clock | None = None,
+        gate: Any = None,
     ) -> None:
         self.call = call
         self.media = media
@@ -163,260 +235,305 @@ class Conversation:
         self.tools = {t.name: t for t in tools}
         self.config = config
         self.emit = emit
-        self.now = clock
+        self.clock = clock or MonotonicClock()
         self.rate = media.sample_rate
-        self.vad = VADStream(self.rate)
-        self.endpointer = Endpointer(EndpointConfig.style(config.style))
-        self.utterance = _Utterance(self.rate, config.max_utterance_s)
+        self.knowledge = knowledge or Knowledge([])
+        if vad is None:
+            from ..providers.vad import VADStream
+
+            vad = VADStream(self.rate)
+        self.listener = Listener(
+            self.rate,
+            vad=vad,
+            stt=stt,
+            turn_model=turn_model,
+            on_event=self._on_listener,
+            config=ListenerConfig(
+                style=endpoint.style(config.style), max_utterance_s=config.max_utterance_s
+            ),
+            gate=gate,
+        )
+        self.small = bool(getattr(llm, "small", False))
+        self.session: LLMSession = open_session(llm)
         self.history: list[dict[str, Any]] = []
         self.metrics: list[TurnMetrics] = []
-        self._reply: asyncio.Task[None] | None = None
-        self._reply_speaking = False
-        self._speculative: asyncio.Task[Transcript] | None = None
-        self._partial: asyncio.Task[None] | None = None
-        self._preempt: tuple[str, asyncio.Task[None], asyncio.Queue[Any]] | None = None
-        self._last_partial_at = 0.0
-        self._barge_onset: float | None = None
-        self._barge_paused = False
-        self._last_activity = self.now()
-        self._last_audio_at = self.now()
+        self.state = TurnState.IDLE
+        self.transitions: list[tuple[float, TurnState, str]] = []
+        self.speaking: SpeechHandle | None = None
+        self._queue: collections.deque[SpeechHandle] = collections.deque()
+        self._spec: _Reply | None = None  # held, for the caller's current turn
+        self._reply: _Reply | None = None  # confirmed, being made or played
+        self._barge: _BargeIn | None = None
+        self._last_caller_turn: Turn | None = None
+        self._context_seen = 0
+        self._inbound: collections.deque[MediaEvent] = collections.deque()
+        self._room = asyncio.Event()
+        self._wake: asyncio.Future[None] | None = None
+        self._timer: Timer | None = None
+        self._last_frame_at = self.clock.now()
+        self._last_activity = self.clock.now()
+        self._audio_clock: collections.deque[tuple[float, float]] = collections.deque()
         self._reprompts_done = 0
+        self._background: set[asyncio.Task[Any]] = set()
+        self._agent_said: collections.deque[str] = collections.deque(maxlen=6)
         self.false_barge_ins = 0
         self.barge_ins = 0
+        self.echoes_ignored = 0
         self._ended = False
+        media_watch = getattr(media, "monitor_output", None)
+        if media_watch is not None:
+            media_watch(self._agent_frame)
 
     # ------------------------------------------------------------------ main
     async def run(self) -> None:
-        queue: asyncio.Queue[MediaEvent] = asyncio.Queue()
-
-        async def pump() -> None:
-            async for ev in self.media.events():
-                queue.put_nowait(ev)
-
-        reader = asyncio.create_task(pump())
+        reader = asyncio.create_task(self._pump())
+        self.call.speaker = self.say
         try:
+            await self.session.prime([self._system_message()])
             if self.config.greeting:
-                self._start_reply(self._speak_text(self.config.greeting, None))
+                self._enqueue(self._text_handle(self.config.greeting, "greeting"))
             while not self._ended:
-                try:
-                    event = await asyncio.wait_for(queue.get(), 0.02)
-                except TimeoutError:
-                    event = None
-                if isinstance(event, MediaEnded):
+                while self._inbound and not self._ended:
+                    await self._handle(self._inbound.popleft())
+                    self._room.set()
+                if self._ended:
                     break
-                if isinstance(event, AudioIn):
-                    self._on_audio(event.pcm)
-                elif isinstance(event, DtmfIn):
-                    self.call.dtmf.append(event.digit)
-                    await self.emit("dtmf", self.call, event.digit)
                 await self._on_time()
+                await self._sleep()
         finally:
             self._ended = True
+            self._set_state(TurnState.ENDED, "media ended")
+            self.call.speaker = None
             reader.cancel()
-            self._cancel_preemption()
-            for task in (self._reply, self._speculative, self._partial):
-                if task is not None and not task.done():
-                    task.cancel()
-            await asyncio.gather(
-                reader,
-                *(t for t in (self._reply, self._speculative, self._partial) if t),
-                return_exceptions=True,
+            for handle in self._all_handles():
+                handle.interrupt()
+            tasks = [reader, *self.listener.close(), *self._background]
+            tasks += [h.task for h in self._all_handles() if h.task is not None]
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.session.close()
+
+    async def _pump(self) -> None:
+        """Inbound events, in order, into a bounded hand-over to the loop: the
+        transport's inbox (bounded) holds the rest while the loop is busy."""
+        async for event in self.media.events():
+            if len(self._inbound) >= INBOUND_HANDOVER:
+                self._room.clear()
+                await self._room.wait()
+            self._inbound.append(event)
+            self._poke()
+            if isinstance(event, MediaEnded):
+                return
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def _sleep(self) -> None:
+        """Until an inbound event or the next deadline."""
+        if self._inbound:
+            return
+        deadline = self._next_deadline()
+        self._wake = asyncio.get_running_loop().create_future()
+        if deadline is not None:
+            self._timer = self.clock.call_at(deadline, self._poke)
+        try:
+            await self._wake
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._wake = None
+
+    def _next_deadline(self) -> float | None:
+        now = self.clock.now()
+        deadlines: list[float] = []
+        if self.listener.phase is not Phase.QUIET:
+            deadlines.append(self._last_frame_at + 0.06)  # frames stopped: DTX
+        if self._barge is not None:
+            deadlines.append(now + 0.1)
+        if self._idle():
+            deadlines.append(self._last_activity + self.config.reprompt_after_s)
+        return min(deadlines) if deadlines else None
+
+    async def _handle(self, event: MediaEvent) -> None:
+        if isinstance(event, MediaEnded):
+            self._ended = True
+        elif isinstance(event, AudioIn):
+            now = self.clock.now()
+            self._last_frame_at = now
+            self._audio_clock.append(
+                (self.listener.audio_ms + len(event.pcm) / 2 / self.rate * 1000, now)
             )
-
-    # ----------------------------------------------------------- listening
-    def _on_audio(self, pcm: bytes) -> None:
-        now = self.now()
-        self._last_audio_at = now
-        self.utterance.add(pcm)
-        for result in self.vad.feed(pcm):
-            if result.speech and not self.endpointer.in_speech:
-                self._cancel_speculation()  # the caller went on: decode again later
-            started = self.endpointer.on_vad(result.speech, now * 1000, WINDOW_MS)
-            if result.speech:
-                self._last_activity = now
-            if started:
-                self.utterance.active = True
-                self._cancel_speculation()
-                if self._agent_audible():
-                    self._barge_onset = now
-            if result.speech and self._barge_onset is not None and not self._barge_paused:
-                # measured in audio, not in wall time: frames that arrive in a
-                # burst after a stall are still that much speech
-                if self.endpointer.speech_ms - WINDOW_MS >= self.config.barge_in_pause_ms:
-                    self._pause_for_barge_in()
-        if self.endpointer.in_speech and self.utterance.active:
-            self._maybe_partial(now)
-
-    def _agent_audible(self) -> bool:
-        return self.config.barge_in and self._reply is not None and not self._reply.done()
+            while len(self._audio_clock) > 1000:
+                self._audio_clock.popleft()
+            await self.listener.feed(event.pcm, now)
+        elif isinstance(event, DtmfIn):
+            self.call.dtmf.append(event.digit)
+            self._last_activity = self.clock.now()
+            self.emit("dtmf", self.call, event.digit)
 
     async def _on_time(self) -> None:
-        now = self.now()
-        ep = self.endpointer
-        if ep.in_speech and now - self._last_audio_at > 3 * WINDOW_MS / 1000:
-            # the PBX stopped sending frames (DTX, silence suppression): that
-            # is silence, measured from the last frame
-            ep.on_vad(False, now * 1000, WINDOW_MS)
-        if self.utterance.active and self.utterance.full:
-            logger.info(log.kv(event="utterance_cap", seconds=self.config.max_utterance_s))
-            await self._end_of_turn(now)
+        now = self.clock.now()
+        gap = now - self._last_frame_at
+        if self.listener.phase is not Phase.QUIET and gap > 0.06:
+            # the PBX stopped sending frames (DTX, silence suppression):
+            # that is silence, as long as it lasts
+            await self.listener.idle(gap, now)
+            self._last_frame_at = now
+        barge = self._barge
+        if barge is not None:
+            paused_ms = self.listener.audio_ms - barge.at_ms
+            if paused_ms > self.config.barge_in_decide_s * 1000 and self.listener.phase in (
+                Phase.SPEAKING,
+                Phase.CUE,
+            ):
+                # a long voice over the agent with no pause: read it now
+                self.listener.read_now()
+        if self._idle() and now - self._last_activity >= self.config.reprompt_after_s:
+            self._reprompt()
+
+    def _idle(self) -> bool:
+        return (
+            self.speaking is None
+            and not self._queue
+            and self._reply is None
+            and self._spec is None
+            and self.listener.phase is Phase.QUIET
+            and not self._ended
+        )
+
+    def _set_state(self, state: TurnState, why: str) -> None:
+        if state is self.state:
             return
-        if self._barge_paused:
-            await self._resolve_barge_in(now)
-        if ep.has_turn and not ep.in_speech:
-            if self._speculative is None and ep.silence_ms(now * 1000) >= WINDOW_MS:
-                self._speculate()
-            if ep.turn_over(now * 1000):
-                if self._speculative is not None and not self._speculative.done():
-                    if ep.silence_ms(now * 1000) < ep.config.incomplete_ms:
-                        return  # wait for the words a little longer
-                await self._end_of_turn(now)
+        self.state = state
+        self.transitions.append((self.clock.now(), state, why))
+        del self.transitions[:-500]
+        logger.debug(log.kv(event="turn_state", state=state.value, why=why))
+
+    def _refresh_state(self, why: str) -> None:
+        if self._ended:
+            return
+        if self.speaking is not None and self.speaking.state is SpeechState.PAUSED:
+            self._set_state(TurnState.PAUSED, why)
+        elif self.speaking is not None and self.speaking.audible:
+            self._set_state(TurnState.SPEAKING, why)
+        elif self._reply is not None:
+            self._set_state(TurnState.THINKING, why)
+        elif self.listener.phase is not Phase.QUIET:
+            self._set_state(TurnState.LISTENING, why)
+        else:
+            self._set_state(TurnState.IDLE, why)
+
+    def _audio_to_clock(self, audio_ms: float) -> float:
+        """The clock time the frame ending ``audio_ms`` into the stream arrived."""
+        for end_ms, at in reversed(self._audio_clock):
+            if end_ms <= audio_ms + 0.5:
+                return at + (audio_ms - end_ms) / 1000
+        return self._audio_clock[0][1] if self._audio_clock else self.clock.now()
+
+    def _agent_frame(self, pcm: bytes, at: float) -> None:
+        self.listener.echo.sent(at, level_db(pcm))
+
+    # ----------------------------------------------------------- listening
+    def _on_listener(self, event: ListenerEvent) -> None:
+        if self._ended:
+            return
+        if isinstance(event, VoiceCue | SpeechStarted):
+            self._caller_voice(event)
+        elif isinstance(event, CueDropped):
+            if self._barge is not None:
+                self._resume_after_false_barge_in("no speech")
+        elif isinstance(event, Hypothesis):
+            self._on_hypothesis(event)
+        elif isinstance(event, Resumed):
+            if self._spec is not None and self._spec.turn == event.turn:
+                self._drop_spec("the caller went on")
+        elif isinstance(event, TurnEnded):
+            self._on_turn_end(event)
+        elif isinstance(event, NoTurn):
+            if self._spec is not None and self._spec.turn == event.turn:
+                self._drop_spec(event.why)
+            if self._barge is not None and self._barge.turn == event.turn:
+                self._resume_after_false_barge_in(event.why)
+            elif event.why.startswith("recogniser failed") and self.speaking is None:
+                # the caller said something and the agent could not hear it:
+                # say so, rather than leave them in silence
+                self._enqueue(self._text_handle(self.config.not_heard_text, "not heard"))
+        self._last_activity = self.clock.now()
+        self._refresh_state(type(event).__name__)
+
+    def _caller_voice(self, event: VoiceCue | SpeechStarted) -> None:
+        """A voice while the agent is (about to be) audible: pause it."""
+        handle = self.speaking
+        turn = self.listener.turn
+        if not self.config.barge_in or handle is None or handle.ended:
+            return
+        if self._barge is not None and self._barge.turn == turn:
+            return
+        level = event.level_db if isinstance(event, VoiceCue) else -96.0
+        self._barge = _BargeIn(turn, event.at_ms, level)
+        handle.pause()
+        logger.info(log.kv(event="barge_in_pause", source=handle.source))
+
+    def _on_hypothesis(self, hyp: Hypothesis) -> None:
+        text = hyp.text
+        barge = self._barge
+        if barge is not None and barge.turn == hyp.turn:
+            if self._settle_barge_in(barge, text):
                 return
-        if not ep.has_turn and ep.last_speech_ms is not None and not ep.in_speech:
-            if ep.silence_ms(now * 1000) > ep.config.incomplete_ms:
-                ep.reset()  # a click or a cough: no turn
-                self.utterance.take()
-                self._no_turn()  # if it had paused the agent, the agent goes on
-        await self._maybe_reprompt(now)
-
-    def _maybe_partial(self, now: float) -> None:
-        if self._partial is not None and not self._partial.done():
+        if not self.config.speculate or not _has_words(text):
             return
-        if now - self._last_partial_at < self.config.partial_interval_s:
-            return
-        self._last_partial_at = now
-        audio = bytes(self.utterance.buf)
+        if self._spec is not None:
+            if self._spec.turn == hyp.turn and self._spec.text == text:
+                return
+            self._drop_spec("a newer transcript")
+        if self.speaking is not None and self.speaking.audible:
+            return  # over the agent: the words decide first (above)
+        if self.listener.phase is not Phase.PAUSED:
+            return  # read while the caller still talks: wait for their pause
+        metrics = TurnMetrics(index=len(self.metrics) + 1, preemptive=True)
+        metrics.speech_end = self._audio_to_clock(hyp.speech_end_ms)
+        metrics.hypothesis = self.clock.now()
+        metrics.stt_final = self.clock.now()
+        handle = SpeechHandle(self.media, source="reply", held=True)
+        reply = _Reply(hyp.turn, text, handle, metrics)
+        handle.on_first_frame = self._first_frame(metrics)
+        self._spec = reply
+        self._start_producing(reply)
 
-        async def partial() -> None:
-            result = await self.stt.transcribe(audio, self.rate, final=False)
-            if self._speculative is None:  # a final decode outranks a partial one
-                self.endpointer.set_text(result.text)
-
-        self._partial = asyncio.create_task(partial())
-
-    def _speculate(self) -> None:
-        """Silence began: decode now, in parallel with the endpoint wait."""
-        audio = bytes(self.utterance.buf)
-        self._speculative = asyncio.create_task(self.stt.transcribe(audio, self.rate))
-        self._speculative.add_done_callback(self._speculated)
-
-    def _speculated(self, task: asyncio.Task[Transcript]) -> None:
-        if task.cancelled() or task.exception() is not None:
-            return
-        text = task.result().text.strip()
-        self.endpointer.set_text(text)
-        if (
-            self.config.preemptive
-            and _has_words(text)
-            and looks_complete(text)
-            and (self._reply is None or self._reply.done())
-            and self._barge_onset is None
-            and not self._barge_paused
-        ):
-            self._start_preemption(text)
-
-    def _start_preemption(self, text: str) -> None:
-        """Start the model on the speculative transcript before the endpoint is
-        final; its output is held until the turn is confirmed with the same
-        words, and dropped if the caller goes on. Tools never run early."""
-        messages = [*self._messages(), {"role": "user", "content": text}]
-        tools = list(self.tools.values())
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-
-        async def generate() -> None:
-            try:
-                async for event in self.llm.stream(messages, tools):
-                    queue.put_nowait((self.now(), event))
-            except Exception as exc:
-                queue.put_nowait(exc)
-            finally:
-                queue.put_nowait(None)
-
-        self._preempt = (text, asyncio.create_task(generate()), queue)
-
-    def _cancel_preemption(self) -> None:
-        if self._preempt is not None:
-            self._preempt[1].cancel()
-        self._preempt = None
-
-    def _cancel_speculation(self) -> None:
-        if self._speculative is not None and not self._speculative.done():
-            self._speculative.cancel()
-        self._speculative = None
-        self._cancel_preemption()
-
-    async def _end_of_turn(self, now: float) -> None:
-        ep = self.endpointer
-        speech_end = (ep.last_speech_ms or now * 1000) / 1000
-        spec = self._speculative
-        audio = self.utterance.take()
-        ep.reset()
-        self._speculative = None
-        metrics = TurnMetrics(index=len(self.metrics) + 1, speech_end=speech_end, endpoint=now)
-        try:
-            if spec is not None:  # still valid: speech resuming would have cancelled it
-                transcript = await asyncio.wait_for(spec, 10)
-            else:
-                transcript = await asyncio.wait_for(self.stt.transcribe(audio, self.rate), 10)
-        except Exception as exc:
-            logger.warning(log.kv(event="stt_failed", error=repr(exc)))
-            self._no_turn()
-            return
-        metrics.stt_final = self.now()
-        self.call.usage.stt_seconds += transcript.audio_s
-        text = transcript.text.strip()
+    def _settle_barge_in(self, barge: _BargeIn, text: str) -> bool:
+        """The words of a voice over the agent are known: is it an
+        interruption? Returns True when the utterance is settled as none."""
         if not _has_words(text):
-            logger.info(log.kv(event="no_words", audio_s=round(transcript.audio_s, 2)))
-            self._no_turn()  # noise, a cough, DTX: no phantom turn
-            return
-        previous = self._reply
-        if self._barge_paused or self._barge_onset is not None:
-            # this turn interrupted the agent: decide now with its words
-            if self._is_backchannel(text):
-                self._resume_after_false_barge_in()
-                return
-            self._confirm_barge_in()
-        elif previous is not None and not previous.done():
-            self._cancel_reply("caller spoke again")
-        if previous is not None and not previous.done():
-            # let the cut reply record what was heard before the caller's
-            # words go into the history, so the model sees them in order
-            await asyncio.wait({previous}, timeout=1.0)
-        metrics.caller_text = text
-        self._last_activity = self.now()
-        self._reprompts_done = 0
-        preempted = None
-        if self._preempt is not None and self._preempt[0] == text:
-            preempted = self._preempt[1:]  # the same words: keep what the model wrote
-            self._preempt = None
-            metrics.preemptive = True
-        self._cancel_preemption()
-        turn = self.call.add_caller_text(text)
-        self.history.append({"role": "user", "content": text})
-        logger.info(log.kv(event="caller_turn", text=text, preemptive=metrics.preemptive))
-        await self.emit("transcript", self.call, turn)
-        self.metrics.append(metrics)
-        if self.call.transferred_to is not None or self.media.ended:
-            # a handler handed the caller to a person or hung up: say nothing more
-            self._cancel_preemption()
-            return
-        self._start_reply(self._respond(metrics, preempted))
+            return False
+        if self._is_backchannel(text):
+            self.listener.discard(barge.turn)
+            self._resume_after_false_barge_in("backchannel")
+            return True
+        if self._is_echo(text):
+            self.listener.discard(barge.turn)
+            self.listener.echo.learn(barge.level_db, self.clock.now())
+            self.echoes_ignored += 1
+            self._resume_after_false_barge_in("the agent's own voice")
+            return True
+        self._confirm_barge_in()
+        return False
 
-    def _no_turn(self) -> None:
-        if self._barge_paused or self._barge_onset is not None:
-            self._resume_after_false_barge_in()
+    def _confirm_barge_in(self) -> None:
+        self.barge_ins += 1
+        self._barge = None
+        dropped = 0
+        for handle in self._all_handles():
+            if handle is not (self._spec.handle if self._spec else None):
+                dropped += handle.interrupt()
+        logger.info(log.kv(event="agent_interrupted", why="barge-in", frames_dropped=dropped))
 
-    # ------------------------------------------------------------ barge-in
-    def _pause_for_barge_in(self) -> None:
-        self._barge_paused = True
-        self.media.pause_output()
-        logger.info(log.kv(event="barge_in_pause"))
-
-    async def _resolve_barge_in(self, now: float) -> None:
-        # the sound that paused the agent was too short to be a turn (a click,
-        # a cough): carry on speaking
-        if not self.endpointer.in_speech and not self.utterance.active:
-            self._resume_after_false_barge_in()
+    def _resume_after_false_barge_in(self, why: str) -> None:
+        self._barge = None
+        self.false_barge_ins += 1
+        if self.speaking is not None:
+            self.speaking.resume()
+        logger.info(log.kv(event="barge_in_ignored", why=why))
 
     def _is_backchannel(self, text: str) -> bool:
         words = re.findall(r"[a-z'-]+", text.lower())
@@ -429,126 +546,441 @@ class Conversation:
             )
         )
 
-    def _confirm_barge_in(self) -> None:
-        self.barge_ins += 1
-        self._barge_onset = None
-        self._barge_paused = False
-        self._cancel_reply("barge-in")
+    def _is_echo(self, text: str) -> bool:
+        """Are these words the agent's own, coming back on the line?"""
+        words = re.findall(r"[a-z']+", text.lower())
+        if len(words) < 2:
+            return False
+        current = [h.planned_text for h in self._all_handles() if h.audible]
+        said = set(re.findall(r"[a-z']+", " ".join([*self._agent_said, *current]).lower()))
+        return sum(1 for w in words if w in said) >= 0.8 * len(words)
 
-    def _resume_after_false_barge_in(self) -> None:
-        self.false_barge_ins += 1
-        self._barge_onset = None
-        if self._barge_paused:
-            self._barge_paused = False
-            self.media.resume_output()
-        logger.info(log.kv(event="barge_in_ignored"))
+    def _drop_spec(self, why: str) -> None:
+        spec, self._spec = self._spec, None
+        if spec is not None:
+            spec.handle.cancel()
+            logger.debug(log.kv(event="speculation_dropped", why=why))
 
-    def _cancel_reply(self, why: str) -> None:
-        dropped = self.media.clear()
-        self.media.resume_output()
-        if self._reply is not None and not self._reply.done():
-            self._reply.cancel()
-        logger.info(log.kv(event="agent_interrupted", why=why, frames_dropped=dropped))
-
-    # ------------------------------------------------------------- replies
-    def _start_reply(self, coro: Awaitable[None]) -> None:
-        if self._reply is not None and not self._reply.done():
-            self._reply.cancel()
-
-        async def guarded() -> None:
-            try:
-                await coro
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                logger.exception(log.kv(event="reply_failed"))
-            finally:
-                self._barge_onset = None
-                if self._barge_paused:
-                    self._barge_paused = False
-                    self.media.resume_output()
-                self._last_activity = self.now()
-
-        self._reply = asyncio.create_task(guarded())
-
-    def _messages(self) -> list[dict[str, Any]]:
-        if getattr(self.llm, "brief_prompt", False):
-            system = f"{self.config.system_prompt} {BRIEF_VOICE_RULES}"
-        else:
-            system = f"{VOICE_RULES}\n\n{self.config.system_prompt}"
-        if self.call.context:
-            facts = "\n".join(f"- {c}" for c in self.call.context)
-            system += f"\n\nFacts for this call:\n{facts}"
-        keep = 8 if getattr(self.llm, "brief_prompt", False) else 30
-        return [{"role": "system", "content": system}, *_recent(self.history, keep)]
-
-    async def _respond(self, metrics: TurnMetrics, preempted: Any = None) -> None:
-        tools = list(self.tools.values())
-        for _round in range(self.config.max_tool_rounds + 1):
-            calls: list[ToolCallRequest] = []
-            chunker = SentenceChunker()
-            spoken: list[tuple[str, Playout]] = []
-            turn = Turn("agent", "", time.time())
-            self.call.transcript.append(turn)
-            try:
-                messages = self._messages()
-                usage = self.call.usage
-                usage.llm_tokens_in += sum(
-                    usage.tokens(str(m.get("content") or "")) for m in messages
-                )
-                if preempted is not None and _round == 0:
-                    stream = _drain(*preempted)  # generated while the endpoint waited
-                else:
-                    stream = _stamped(
-                        self.llm.stream(
-                            messages,
-                            tools if _round < self.config.max_tool_rounds else [],
-                        ),
-                        self.now,
-                    )
-                async with _timeout_iter(stream, self.config.llm_timeout_s) as events:
-                    async for at, event in events:
-                        if metrics.llm_first_token is None:
-                            metrics.llm_first_token = at
-                        if isinstance(event, ToolCallRequest):
-                            calls.append(event)
-                        elif isinstance(event, TextDelta):
-                            usage.llm_tokens_out += usage.tokens(event.text)
-                            for chunk in chunker.feed(event.text):
-                                spoken.append((chunk, await self._synth(chunk, metrics)))
-                for chunk in chunker.flush():
-                    spoken.append((chunk, await self._synth(chunk, metrics)))
-                results = [await p.wait() for _, p in spoken]
-            except asyncio.CancelledError:
-                self._finish_agent_turn(turn, spoken, interrupted=True)
-                metrics.interrupted = True
-                raise
-            except (LLMError, TimeoutError) as exc:
-                logger.warning(log.kv(event="llm_failed", error=exc))
-                self.call.transcript.remove(turn)
-                await self._speak_text(
-                    "Sorry, I'm having trouble right now. Could you say that again?", metrics
-                )
+    # ----------------------------------------------------------- turn's end
+    def _on_turn_end(self, ended: TurnEnded) -> None:
+        text = ended.text
+        barge = self._barge
+        if barge is not None and barge.turn == ended.turn:
+            if self._settle_barge_in(barge, text):
                 return
-            self._finish_agent_turn(turn, spoken, interrupted=not all(results))
-            if spoken:
-                await self.emit("transcript", self.call, turn)
-            if not calls:
-                if not spoken:
+            if self._barge is not None:  # no words after all
+                self._resume_after_false_barge_in("no words")
+                return
+        self._last_activity = self.clock.now()
+        self._reprompts_done = 0
+        merged = self._merge_unanswered(ended)
+        if merged is not None:
+            text = merged
+        spec = self._spec
+        self._spec = None
+        if spec is not None and (spec.turn != ended.turn or spec.text != text):
+            spec.handle.cancel()
+            spec = None
+        if spec is not None:
+            reply = spec
+        else:
+            metrics = TurnMetrics(index=len(self.metrics) + 1)
+            metrics.speech_end = self._audio_to_clock(ended.speech_end_ms)
+            metrics.stt_final = self.clock.now()
+            handle = SpeechHandle(self.media, source="reply", held=True)
+            handle.on_first_frame = self._first_frame(metrics)
+            reply = _Reply(ended.turn, text, handle, metrics)
+            self._start_producing(reply)
+        m = reply.metrics
+        m.caller_text = text
+        m.endpoint = self._audio_to_clock(ended.decided_ms)
+        m.endpoint_reason = ended.reason
+        m.turn_p = ended.turn_p
+        self.call.usage.stt_seconds += ended.transcript.audio_s or ended.audio_s
+        self.metrics.append(m)
+        if merged is not None and self._last_caller_turn is not None:
+            turn = self._last_caller_turn
+            turn.text = text
+        else:
+            turn = self.call.add_caller_text(text)
+        self._last_caller_turn = turn
+        logger.info(
+            log.kv(
+                event="caller_turn",
+                text=text,
+                reason=ended.reason,
+                turn_p=-1 if ended.turn_p is None else round(ended.turn_p, 2),
+                speculated=m.preemptive,
+                merged=merged is not None,
+            )
+        )
+        self.emit("transcript", self.call, turn)
+        if self.call.transferred_to is not None or self.media.ended:
+            reply.handle.cancel()  # the caller is with a person now
+            return
+        previous = self._reply
+        if previous is not None and previous.handle is not reply.handle:
+            previous.handle.interrupt()  # the caller spoke again before it was heard
+        self._reply = reply
+        self._confirm(reply)
+
+    def _merge_unanswered(self, ended: TurnEnded) -> str | None:
+        """The caller spoke again before a word of the reply to their last
+        turn was heard (they had paused, not finished): the two are one turn.
+        Returns the whole turn's text, or None when there is nothing to merge."""
+        last = self._reply
+        if last is None or last.handle.first_frame_at is not None or last.turn == ended.turn:
+            return None
+        last.handle.cancel()
+        self._reply = None
+        for i in range(len(self.history) - 1, -1, -1):
+            if self.history[i].get("role") == "user":
+                if self.history[i].get("content") in (last.user_content, last.text):
+                    del self.history[i]
+                break
+        if last.metrics in self.metrics:
+            self.metrics.remove(last.metrics)
+        logger.info(log.kv(event="turns_merged", first=last.text, then=ended.text))
+        return f"{last.text} {ended.text}"
+
+    def _confirm(self, reply: _Reply) -> None:
+        """The turn is the caller's: its reply goes into the history and plays."""
+        speaking = self.speaking
+        if speaking is not None and speaking.source == "reply" and speaking is not reply.handle:
+            speaking.interrupt()
+
+        async def go() -> None:
+            await reply.planned.wait()
+            if not reply.handle.ended:
+                self.history.append({"role": "user", "content": reply.user_content or reply.text})
+                self._record_agent_turn(reply.handle)
+            self._start_speaking(reply.handle)
+
+        task = asyncio.ensure_future(go())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------- speaking
+    def _all_handles(self) -> list[SpeechHandle]:
+        handles = [h for h in (self.speaking, *self._queue) if h is not None]
+        if self._reply is not None and self._reply.handle not in handles:
+            handles.append(self._reply.handle)
+        if self._spec is not None:
+            handles.append(self._spec.handle)
+        return handles
+
+    def _enqueue(self, handle: SpeechHandle) -> None:
+        if self.speaking is None or self.speaking.ended:
+            self._start_speaking(handle)
+        else:
+            self._queue.append(handle)
+
+    def _start_speaking(self, handle: SpeechHandle) -> None:
+        if handle.ended:
+            self._spoken(handle)
+            return
+        if self.speaking is not None and not self.speaking.ended and self.speaking is not handle:
+            self._queue.appendleft(handle)
+            return
+        self.speaking = handle
+        caller_on = self.listener.phase in (Phase.SPEAKING, Phase.CUE)
+        if self.config.barge_in and self._barge is None and caller_on:
+            self._barge = _BargeIn(self.listener.turn, self.listener.audio_ms)
+        handle.release()
+        if self._barge is not None:
+            # the caller is talking: this waits, paused, for their words to
+            # say whether to go on
+            handle.pause()
+        def spoken(_f: asyncio.Future[bool]) -> None:
+            self._spoken(handle)
+
+        asyncio.ensure_future(handle.wait()).add_done_callback(spoken)
+        self._refresh_state("speaking")
+
+    def _spoken(self, handle: SpeechHandle) -> None:
+        """An utterance is over (played, cut or dropped): it goes into the
+        transcript as heard, and the next one starts."""
+        heard = handle.heard_text
+        if handle.source != "filler" and (heard or handle.planned_text):
+            if heard:
+                self._agent_said.append(heard)
+                self.history.append({"role": "assistant", "content": heard})
+        if self._reply is not None and self._reply.handle is handle:
+            self._reply.metrics.interrupted = handle.state is SpeechState.INTERRUPTED
+            self._reply = None
+        self._last_activity = self.clock.now()
+        if self.speaking is handle:
+            self.speaking = None
+        if self.speaking is None:
+            self._speak_next()
+        self._refresh_state("spoken")
+        self._poke()
+
+    def _speak_next(self) -> None:
+        while self._queue:
+            handle = self._queue.popleft()
+            if not handle.ended:
+                self._start_speaking(handle)
+                return
+
+    def _first_frame(self, metrics: TurnMetrics | None) -> Callable[[float], None]:
+        def mark(at: float) -> None:
+            if metrics is not None and metrics.first_frame_sent is None:
+                metrics.first_frame_sent = at
+            self._refresh_state("first frame")
+
+        return mark
+
+    def _text_handle(self, text: str, source: str) -> SpeechHandle:
+        """A handle that speaks ``text`` (a greeting, a handler's say)."""
+        handle = SpeechHandle(self.media, source=source, held=True)
+        handle.on_first_frame = self._first_frame(None)
+
+        async def make() -> None:
+            await self._speak_into(handle, text, None)
+            handle.finish()
+            self._record_agent_turn(handle)
+
+        handle.task = asyncio.ensure_future(make())
+        return handle
+
+    async def say(self, text: str) -> Turn:
+        """``call.say``: speak ``text`` through the same path as replies, so a
+        caller's barge-in stops it the same way."""
+        handle = self._text_handle(text, "say")
+        self._enqueue(handle)
+        await handle.wait()
+        if handle.task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await handle.task
+        return self._turn_of(handle)
+
+    def _turn_of(self, handle: SpeechHandle) -> Turn:
+        for turn in reversed(self.call.transcript):
+            if getattr(turn, "speech_id", None) == handle.id:
+                return turn
+        return Turn("agent", handle.heard_text, time.time(), time.time())
+
+    def _record_agent_turn(self, handle: SpeechHandle) -> None:
+        """When ``handle`` ends, the caller's transcript gets what was heard."""
+        turn = Turn("agent", "", time.time())
+        turn.speech_id = handle.id  # type: ignore[attr-defined]
+        self.call.transcript.append(turn)
+
+        def ended(_f: Any) -> None:
+            turn.planned_text = handle.planned_text
+            turn.interrupted = handle.state is not SpeechState.DONE
+            turn.text = handle.heard_text if turn.interrupted else handle.planned_text
+            turn.ended_at = time.time()
+            if not turn.text and not turn.planned_text:
+                with contextlib.suppress(ValueError):
                     self.call.transcript.remove(turn)
                 return
-            if not spoken:
-                self.call.transcript.remove(turn)
-            direct = await self._run_tools(calls, metrics)
+            self.emit("transcript", self.call, turn)
+
+        asyncio.ensure_future(handle.wait()).add_done_callback(ended)
+
+    async def _speak_into(
+        self, handle: SpeechHandle, text: str, metrics: TurnMetrics | None
+    ) -> None:
+        chunker = SentenceChunker()
+        for chunk in chunker.feed(text + " ") + chunker.flush():
+            await self._synth(handle, chunk, metrics)
+
+    async def _synth(self, handle: SpeechHandle, text: str, metrics: TurnMetrics | None) -> None:
+        handle.begin(text)
+        self.call.usage.tts_chars += len(text)
+        async for pcm in self.tts.stream(text, self.rate):
+            if handle.ended:
+                return
+            if metrics is not None and metrics.tts_first_audio is None:
+                metrics.tts_first_audio = self.clock.now()
+            handle.audio(pcm)
+
+    # ------------------------------------------------------------- replies
+    def _system_message(self) -> dict[str, Any]:
+        return system_message(self.config.system_prompt, self.small)
+
+    def _messages(self, user: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """System prompt, the history (new context facts first), and the
+        caller's message if it is not in the history yet."""
+        while self._context_seen < len(self.call.context):
+            item = self.call.context[self._context_seen]
+            self._context_seen += 1
+            fact = item if isinstance(item, str) else json.dumps(item, default=str)
+            self.history.append({"role": "system", "content": f"Fact for this call: {fact}"})
+        history = self.history
+        if self.small and len(history) > self.config.small_history:
+            # drop the older half at once: the prompt then extends itself
+            # turn after turn until the next trim
+            keep = _trim_start(history, self.config.small_history // 2)
+            del history[:keep]
+        messages = [self._system_message(), *history]
+        if user is not None and (not history or history[-1] is not user):
+            messages.append(user)
+        return messages
+
+    def _start_producing(self, reply: _Reply) -> None:
+        task = asyncio.ensure_future(self._produce(reply))
+        task.add_done_callback(lambda _t: reply.planned.set())
+        reply.handle.task = task
+
+    async def _produce(self, reply: _Reply) -> None:
+        """Make the reply for one caller turn into its (held) handle."""
+        handle, metrics, text = reply.handle, reply.metrics, reply.text
+        try:
+            plan = await self._plan(text)
+            reply.user_content = plan.user_content
+            reply.planned.set()
+            if plan.direct is not None:
+                metrics.answer = plan.kind
+                await self._speak_into(handle, plan.direct, metrics)
+            else:
+                await self._model_rounds(reply, plan)
+        except asyncio.CancelledError:
+            reply.planned.set()
+            raise
+        except Exception:
+            logger.exception(log.kv(event="reply_failed"))
+            reply.planned.set()
+            if not handle.ended and not handle.planned_text:
+                await self._speak_into(handle, TROUBLE, metrics)
+        finally:
+            handle.finish()
+
+    async def _plan(self, text: str) -> _Plan:
+        tools = list(self.tools.values())
+        routed = route_tool(text, tools) if tools else None
+        match: Match | None = None
+        if self.knowledge and routed is None:
+            match = await self.knowledge.best(text)
+        cfg = self.config
+        if match is not None and match.score >= cfg.fact_direct:
+            return _Plan(text, direct=match.fact.answer, kind="fact", match=match)
+        if match is not None and match.score >= cfg.fact_relevant:
+            if self.small:
+                return _Plan(text, direct=match.fact.answer, kind="fact", match=match)
+            return _Plan(f"(Fact: {match.fact.answer})\n{text}", match=match)
+        return _Plan(text, match=match)
+
+    async def _model_rounds(self, reply: _Reply, plan: _Plan) -> None:
+        handle, metrics = reply.handle, reply.metrics
+        user = {"role": "user", "content": plan.user_content}
+        metrics.answer = "model"
+        for round_ in range(self.config.max_tool_rounds + 1):
+            # once the turn is confirmed the caller's message is in the history
+            messages = self._messages(None if handle.released.is_set() else user)
+            usage = self.call.usage
+            usage.llm_tokens_in += sum(usage.tokens(str(m.get("content") or "")) for m in messages)
+            tools = list(self.tools.values()) if round_ < self.config.max_tool_rounds else []
+            calls: list[ToolCallRequest] = []
+            chunker = SentenceChunker()
+            sources = [self.config.system_prompt, plan.user_content] + [
+                str(m.get("content") or "") for m in self.history if m.get("role") == "tool"
+            ]
+            try:
+                stream = self.session.stream(messages, tools)
+                async with _deadline_iter(stream, self.config.llm_timeout_s) as events:
+                    async for event in events:
+                        if metrics.llm_first_token is None:
+                            metrics.llm_first_token = self.clock.now()
+                        if isinstance(event, ToolCallRequest):
+                            calls.append(event)
+                            continue
+                        if not isinstance(event, TextDelta):
+                            continue
+                        usage.llm_tokens_out += usage.tokens(event.text)
+                        for chunk in chunker.feed(event.text):
+                            if not await self._speak_chunk(handle, chunk, sources, metrics):
+                                return
+                for chunk in chunker.flush():
+                    if not await self._speak_chunk(handle, chunk, sources, metrics):
+                        return
+            except (LLMError, TimeoutError) as exc:
+                logger.warning(log.kv(event="llm_failed", error=exc))
+                if not handle.planned_text:
+                    metrics.answer = "fallback"
+                    await self._speak_into(handle, TROUBLE, metrics)
+                return
+            if not calls:
+                return
+            metrics.answer = "tool"
+            direct = await self._run_tools(reply, calls)
             if direct:
-                await self._speak_text(" ".join(direct), metrics)
+                await self._speak_into(handle, " ".join(direct), metrics)
                 return
 
-    async def _run_tools(self, calls: list[ToolCallRequest], metrics: TurnMetrics) -> list[str]:
-        """Run the requested tools; returns what they asked to say directly
-        (a result with a top-level "say" is spoken as the answer, with no
-        second pass through the model)."""
-        self.history.append(
+    async def _speak_chunk(
+        self, handle: SpeechHandle, chunk: str, sources: Sequence[str], metrics: TurnMetrics
+    ) -> bool:
+        """Speak one chunk of the model's reply; a small model's chunk that
+        states what no fact, tool or caller said is replaced by an honest
+        "not sure" (returns False: the reply stops there)."""
+        if self.small:
+            invented = ungrounded(chunk, sources)
+            if invented:
+                logger.info(log.kv(event="ungrounded_reply", words=",".join(invented)))
+                metrics.answer = "fallback"
+                await self._speak_into(handle, NOT_SURE, metrics)
+                return False
+        await self._synth(handle, chunk, metrics)
+        return True
+
+    async def _run_tools(self, reply: _Reply, calls: list[ToolCallRequest]) -> list[str]:
+        """Run the requested tools. A tool with side effects waits until the
+        turn is confirmed; a read-only one may run while the reply is held.
+        Results always reach the history, even when the caller interrupts
+        (the tool finishes in the background): the model never sees a tool
+        request without its result. Returns what the tools asked to say
+        directly (a top-level "say")."""
+        handle, metrics = reply.handle, reply.metrics
+        if any(not getattr(self.tools.get(c.name), "read_only", False) for c in calls):
+            await handle.released.wait()
+            if handle.ended:
+                return []
+        tasks: list[asyncio.Task[str]] = []
+        for c in calls:
+            metrics.tool_calls.append(c.name)
+            tool = self.tools.get(c.name)
+            if tool is None:
+                tasks.append(
+                    asyncio.ensure_future(_const(f'{{"error": "no tool named {c.name}"}}'))
+                )
+            else:
+                tasks.append(
+                    asyncio.ensure_future(
+                        asyncio.wait_for(tool.run(c.arguments), self.config.tool_timeout_s)
+                    )
+                )
+        filler: asyncio.Task[None] | None = None
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=self.config.tool_filler_after_s)
+            if len(done) < len(tasks):
+                filler = asyncio.ensure_future(self._filler(handle))
+            results = await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
+        except asyncio.CancelledError:
+            # cut short (barge-in, hangup): the tools finish anyway, and
+            # their results join the history where the request was made
+            await handle.released.wait()
+            self._record_tools_later(calls, tasks)
+            raise
+        finally:
+            if filler is not None and not filler.done():
+                await asyncio.gather(filler, return_exceptions=True)
+        await handle.released.wait()
+        texts = [_tool_text(r) for r in results]
+        self._record_tools(calls, texts, len(self.history))
+        direct = [s for s in (_say_field(t) for t in texts) if s]
+        return direct if len(direct) == len(calls) else []
+
+    async def _filler(self, handle: SpeechHandle) -> None:
+        handle.begin("")
+        async for pcm in self.tts.stream(self.config.tool_filler_text, self.rate):
+            handle.audio(pcm)
+        handle.begin("")
+
+    def _record_tools(self, calls: list[ToolCallRequest], results: list[str], at: int) -> None:
+        block: list[dict[str, Any]] = [
             {
                 "role": "assistant",
                 "content": None,
@@ -561,139 +993,77 @@ class Conversation:
                     for c in calls
                 ],
             }
-        )
-        filler: Playout | None = None
-        direct: list[str] = []
-        for call in calls:
-            metrics.tool_calls.append(call.name)
-            tool = self.tools.get(call.name)
-            if tool is None:
-                result = f'{{"error": "no tool named {call.name}"}}'
-            else:
-                task = asyncio.create_task(tool.run(call.arguments))
-                done, _ = await asyncio.wait({task}, timeout=self.config.tool_filler_after_s)
-                if not done and filler is None:
-                    filler = await self._synth(self.config.tool_filler_text, None)
-                try:
-                    result = await asyncio.wait_for(task, self.config.tool_timeout_s)
-                except TimeoutError:
-                    result = '{"error": "the lookup timed out"}'
-            logger.info(log.kv(event="tool_called", tool=call.name, arguments=call.arguments))
+        ]
+        for c, result in zip(calls, results, strict=True):
+            logger.info(log.kv(event="tool_called", tool=c.name, arguments=c.arguments))
             self.call.tool_calls.append(
-                {
-                    "name": call.name,
-                    "arguments": call.arguments,
-                    "result": result,
-                    "at": time.time(),
-                }
+                {"name": c.name, "arguments": c.arguments, "result": result, "at": time.time()}
             )
-            say = _say_field(result)
-            if say:
-                direct.append(say)
-            self.history.append(
-                {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": result}
-            )
-        if filler is not None:
-            await filler.wait()
-        return direct if len(direct) == len(calls) else []
+            block.append({"role": "tool", "tool_call_id": c.id, "name": c.name, "content": result})
+        self.history[at:at] = block
 
-    async def _synth(self, text: str, metrics: TurnMetrics | None) -> Playout:
-        """Synthesise one chunk and queue it; returns its playout."""
-        audio = bytearray()
-        self.call.usage.tts_chars += len(text)
-        async for pcm in self.tts.stream(text, self.rate):
-            if metrics is not None and metrics.tts_first_audio is None:
-                metrics.tts_first_audio = self.now()
-            audio += pcm
-        playout = self.media.send_audio(bytes(audio))
-        if metrics is not None and metrics.first_frame_sent is None:
-
-            def mark(at: float, m: TurnMetrics = metrics) -> None:
-                if m.first_frame_sent is None:
-                    m.first_frame_sent = at
-
-            playout.on_start = mark
-        return playout
-
-    async def _speak_text(self, text: str, metrics: TurnMetrics | None) -> None:
-        turn = Turn("agent", "", time.time())
-        self.call.transcript.append(turn)
-        spoken: list[tuple[str, Playout]] = []
-        try:
-            for chunk in SentenceChunker().feed(text + " ") or [text]:
-                spoken.append((chunk, await self._synth(chunk, metrics)))
-            results = [await p.wait() for _, p in spoken]
-        except asyncio.CancelledError:
-            self._finish_agent_turn(turn, spoken, interrupted=True)
-            raise
-        self._finish_agent_turn(turn, spoken, interrupted=not all(results))
-        await self.emit("transcript", self.call, turn)
-
-    def _finish_agent_turn(
-        self, turn: Turn, spoken: list[tuple[str, Playout]], interrupted: bool
+    def _record_tools_later(
+        self, calls: list[ToolCallRequest], tasks: list[asyncio.Task[str]]
     ) -> None:
-        planned = " ".join(t for t, _ in spoken)
-        heard_parts = []
-        for text, playout in spoken:
-            if playout.frames and playout.sent >= playout.frames:
-                heard_parts.append(text)
-            else:
-                heard_parts.append(heard_prefix(text, playout.sent / max(playout.frames, 1)))
-                break
-        heard = " ".join(p for p in heard_parts if p)
-        turn.text = heard if interrupted else planned
-        turn.planned_text = planned
-        turn.interrupted = interrupted
-        turn.ended_at = time.time()
-        if turn.text:
-            self.history.append({"role": "assistant", "content": turn.text})
+        at = len(self.history)
+
+        async def finish() -> None:
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            self._record_tools(calls, [_tool_text(r) for r in results], min(at, len(self.history)))
+
+        task = asyncio.ensure_future(finish())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------- silence
-    async def _maybe_reprompt(self, now: float) -> None:
-        if self._reply is not None and not self._reply.done():
-            return
-        if self.endpointer.last_speech_ms is not None or self.utterance.active:
-            return
-        if now - self._last_activity < self.config.reprompt_after_s:
-            return
-        self._last_activity = now
+    def _reprompt(self) -> None:
+        self._last_activity = self.clock.now()
         if self._reprompts_done < self.config.reprompts:
             self._reprompts_done += 1
-            self._start_reply(self._speak_text(self.config.reprompt_text, None))
-        else:
+            handle = self._text_handle(self.config.reprompt_text, "reprompt")
+            self._enqueue(handle)
+            return
+        handle = self._text_handle(self.config.goodbye_text, "goodbye")
 
-            async def goodbye() -> None:
-                await self._speak_text(self.config.goodbye_text, None)
-                await self.media.hangup()
+        async def hang_up_after() -> None:
+            await handle.wait()
+            await self.media.hangup()
 
-            self._start_reply(goodbye())
-
-
-async def _stamped(stream: Any, now: Callable[[], float]) -> Any:
-    async for event in stream:
-        yield now(), event
-
-
-async def _drain(task: asyncio.Task[None], queue: asyncio.Queue[Any]) -> Any:
-    """The events a preemptive generation produced (and is producing)."""
-    try:
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield item
-    finally:
-        task.cancel()
+        task = asyncio.ensure_future(hang_up_after())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        self._enqueue(handle)
 
 
-def _recent(history: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
-    """The last ``keep`` messages, never starting inside a tool exchange."""
-    recent = history[-keep:]
-    while recent and recent[0].get("role") in ("tool", "assistant"):
-        recent = recent[1:]
-    return recent
+@dataclass
+class _Plan:
+    user_content: str
+    direct: str | None = None
+    kind: str = ""
+    match: Match | None = None
+
+
+async def _const(value: str) -> str:
+    return value
+
+
+def _tool_text(result: Any) -> str:
+    if isinstance(result, str):
+        return result
+    if isinstance(result, TimeoutError):
+        return '{"error": "the lookup timed out"}'
+    if isinstance(result, BaseException):
+        return json.dumps({"error": f"{type(result).__name__}: {result}"})
+    return json.dumps(result, default=str)
+
+
+def _trim_start(history: list[dict[str, Any]], keep: int) -> int:
+    """How many messages to drop so ``keep`` remain, never starting inside a
+    tool exchange."""
+    cut = max(0, len(history) - keep)
+    while cut < len(history) and history[cut].get("role") in ("tool", "assistant"):
+        cut += 1
+    return cut
 
 
 def _say_field(result: str) -> str | None:
@@ -710,14 +1080,14 @@ def _has_words(text: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def _timeout_iter(stream: Any, first_timeout: float) -> Any:
+async def _deadline_iter(stream: Any, timeout: float) -> AsyncIterator[Any]:
     """Iterate ``stream`` with a deadline on each next item."""
 
     async def gen() -> Any:
         it = stream.__aiter__()
         while True:
             try:
-                item = await asyncio.wait_for(it.__anext__(), first_timeout)
+                item = await asyncio.wait_for(it.__anext__(), timeout)
             except StopAsyncIteration:
                 return
             yield item

@@ -35,12 +35,46 @@ def _schema_for(tp: Any) -> dict[str, Any]:
     return {"type": "string"}
 
 
+_READ_ONLY = "__voiceos_read_only__"
+
+F = typing.TypeVar("F", bound=Callable[..., Any])
+
+
+@typing.overload
+def tool(fn: F, *, read_only: bool = False) -> F: ...
+
+
+@typing.overload
+def tool(fn: None = None, *, read_only: bool = False) -> Callable[[F], F]: ...
+
+
+def tool(fn: F | None = None, *, read_only: bool = False) -> F | Callable[[F], F]:
+    """Mark a function as a tool that only looks things up (``read_only``):
+    the agent may run it while the caller's turn is still unconfirmed, so the
+    answer is ready when they stop. Tools are taken to have side effects
+    otherwise, and never run before the turn is the caller's.
+
+    ::
+
+        @tool(read_only=True)
+        def lookup_order(order_number: str) -> dict: ...
+    """
+
+    def mark(f: F) -> F:
+        setattr(f, _READ_ONLY, read_only)
+        return f
+
+    return mark(fn) if fn is not None else mark
+
+
 @dataclass
 class Tool:
     name: str
     description: str
     parameters: dict[str, Any]
     fn: Callable[..., Any]
+    #: only looks things up: may run before the caller's turn is confirmed
+    read_only: bool = False
 
     @classmethod
     def from_function(cls, fn: Callable[..., Any]) -> Tool:
@@ -60,6 +94,7 @@ class Tool:
             description=doc.split("\n\n")[0] or fn.__name__.replace("_", " "),
             parameters={"type": "object", "properties": props, "required": required},
             fn=fn,
+            read_only=bool(getattr(fn, _READ_ONLY, False)),
         )
 
     def openai_schema(self) -> dict[str, Any]:

@@ -323,7 +323,7 @@ def topics(record: dict[str, Any], settings: Settings, context: dict[str, Any]) 
     stored embeddings of the other calls (k-means, k by silhouette), the
     cluster named by its strongest keyword. Chosen over TF-IDF clustering by
     measurement (bench/topics.py, docs/benchmarks.md)."""
-    from .embed import MiniLM
+    from ..providers.embed import MiniLM
 
     text = _caller_text(record)
     corpus = {r["id"]: _caller_text(r) for r in context.get("corpus", [])}

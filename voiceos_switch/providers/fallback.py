@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import log
 from ..conversation.tools import Tool
-from .llm import LLM, LLMError, LLMEvent, Message, TextDelta
+from .llm import LLM, LLMError, LLMEvent, LLMSession, Message, TextDelta, open_session
 from .stt import Transcript
 
 logger = log.get(__name__)
@@ -33,6 +33,7 @@ class FallbackLLM:
         self.token_timeout_s = token_timeout_s
         self.fallbacks = 0
         self.brief_prompt = getattr(providers[0], "brief_prompt", False)
+        self.small = getattr(providers[0], "small", False)
 
     async def load(self, tools: bool = True) -> None:
         for p in self.providers:
@@ -40,10 +41,49 @@ class FallbackLLM:
             if load is not None:
                 await load(tools=tools)
 
+    async def warm(self, messages: list[Message]) -> None:
+        for p in self.providers:
+            warm = getattr(p, "warm", None)
+            if warm is not None:
+                await warm(messages)
+
+    def session(self) -> FallbackSession:
+        return FallbackSession(self)
+
     async def stream(self, messages: list[Message], tools: list[Tool]) -> AsyncIterator[LLMEvent]:
+        session = self.session()
+        try:
+            async for event in session.stream(messages, tools):
+                yield event
+        finally:
+            session.close()
+
+
+class FallbackSession:
+    """A conversation's sessions on every model of the chain, opened as needed."""
+
+    def __init__(self, chain: FallbackLLM) -> None:
+        self.chain = chain
+        self._sessions: dict[int, LLMSession] = {}
+
+    def _session(self, i: int) -> LLMSession:
+        if i not in self._sessions:
+            self._sessions[i] = open_session(self.chain.providers[i])
+        return self._sessions[i]
+
+    async def prime(self, messages: list[Message]) -> None:
+        await self._session(0).prime(messages)
+
+    def close(self) -> None:
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()
+
+    async def stream(self, messages: list[Message], tools: list[Tool]) -> AsyncIterator[LLMEvent]:
+        chain = self.chain
         said = ""
         errors: list[str] = []
-        for i, provider in enumerate(self.providers):
+        for i, provider in enumerate(chain.providers):
             request = messages
             if said:
                 request = [
@@ -51,11 +91,11 @@ class FallbackLLM:
                     {"role": "assistant", "content": said},
                     {"role": "user", "content": "(Continue your answer from where it stopped.)"},
                 ]
-            it = provider.stream(request, tools).__aiter__()
+            it = self._session(i).stream(request, tools).__aiter__()
             try:
                 while True:
                     try:
-                        event = await _next(it, self.token_timeout_s)
+                        event = await _next(it, chain.token_timeout_s)
                     except StopAsyncIteration:
                         return
                     if isinstance(event, TextDelta):
@@ -64,14 +104,14 @@ class FallbackLLM:
             except (Exception, TimeoutError) as exc:  # noqa: B014
                 what = "stalled" if isinstance(exc, TimeoutError) else f"failed: {exc}"
                 errors.append(f"{provider.name} {what}")
-                if i + 1 < len(self.providers):
-                    self.fallbacks += 1
+                if i + 1 < len(chain.providers):
+                    chain.fallbacks += 1
                     logger.warning(
                         log.kv(
                             event="llm_fallback",
                             provider=provider.name,
                             error=what,
-                            next=self.providers[i + 1].name,
+                            next=chain.providers[i + 1].name,
                         )
                     )
             finally:

@@ -110,42 +110,147 @@ def route_tool(utterance: str, tools: list[Tool]) -> Tool | None:
     return best if best_score >= 2 else None
 
 
+class LLMSession(Protocol):
+    """One conversation's use of a model: the local model keeps the call's
+    prompt evaluated between turns, so each turn pays only for what is new."""
+
+    def stream(self, messages: list[Message], tools: list[Tool]) -> AsyncIterator[LLMEvent]: ...
+
+    async def prime(self, messages: list[Message]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _PlainSession:
+    """A session over a model that keeps nothing between requests."""
+
+    def __init__(self, llm: LLM) -> None:
+        self.llm = llm
+
+    def stream(self, messages: list[Message], tools: list[Tool]) -> AsyncIterator[LLMEvent]:
+        return self.llm.stream(messages, tools)
+
+    async def prime(self, messages: list[Message]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def open_session(llm: Any) -> LLMSession:
+    """``llm.session()`` where the model has sessions, else a plain one."""
+    session = getattr(llm, "session", None)
+    if session is not None:
+        result: LLMSession = session()
+        return result
+    return _PlainSession(llm)
+
+
+_IM_END = "<|im_end|>"
+
+
+def render_chatml(messages: list[Message], open_reply: bool = True) -> str:
+    """The chat as the small model reads it, message by message, so a later
+    turn's prompt extends an earlier one token for token. What tools found
+    goes in as a system note at its place in the chat (never folded into the
+    system prompt, which would change the prompt's start)."""
+    parts = []
+    for m in messages:
+        role = m.get("role")
+        if role == "tool":
+            content = f"Looked up just now: {m.get('name', 'lookup')} says: {m.get('content', '')}"
+            role = "system"
+        elif role == "assistant" and m.get("tool_calls") and not m.get("content"):
+            continue
+        else:
+            content = str(m.get("content") or "")
+        parts.append(f"<|im_start|>{role}\n{content}{_IM_END}\n")
+    if open_reply:
+        parts.append("<|im_start|>assistant\n")
+    return "".join(parts)
+
+
+class _Instance:
+    """One llama.cpp context: its KV cache holds one conversation's prompt."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.leases = 0
+        self.last_used = 0.0
+
+
 class LocalLLM:
     name = "local"
     #: a small model follows a short system prompt better than a long one
     brief_prompt = True
+    #: its replies are checked against the facts it was given (it invents)
+    small = True
     _executor: ThreadPoolExecutor | None = None
     _models: dict[tuple[str, str], Any] = {}
+    _pools: dict[str, list[_Instance]] = {}
     _lock = threading.Lock()
 
     def __init__(
         self,
         model_path: Path | None = None,
         max_tokens: int = 60,
-        temperature: float = 0.2,
+        temperature: float = 0.0,
         threads: int = 2,
         context: int = 2048,
+        instances: int = 4,
     ) -> None:
         self.model_path = model_path or default_gguf()
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.threads = threads
         self.context = context
+        self.instances = max(1, instances)
+        self.first_token_s: list[tuple[int, float]] = []  # (new prompt tokens, seconds)
+
+    def _new_llama(self, chat_format: str) -> Any:
+        from llama_cpp import Llama
+
+        return Llama(
+            model_path=str(self.model_path),
+            n_ctx=self.context,
+            n_threads=self.threads,
+            n_threads_batch=self.threads,
+            chat_format=chat_format,
+            verbose=False,
+        )
 
     def _model(self, chat_format: str) -> Any:
         key = (str(self.model_path), chat_format)
         with self._lock:
             if key not in self._models:
-                from llama_cpp import Llama
-
-                self._models[key] = Llama(
-                    model_path=str(self.model_path),
-                    n_ctx=self.context,
-                    n_threads=self.threads,
-                    chat_format=chat_format,
-                    verbose=False,
-                )
+                self._models[key] = self._new_llama(chat_format)
             return self._models[key]
+
+    def _lease(self) -> _Instance:
+        """A context of its own for a conversation while there are spare
+        ones (the weights are mapped once and shared); beyond that, the least
+        recently used is shared and its cached prompt may be evicted."""
+        import time as _time
+
+        with self._lock:
+            pool = self._pools.setdefault(str(self.model_path), [])
+            free = [i for i in pool if i.leases == 0]
+            if free:
+                inst = free[0]
+            elif len(pool) < self.instances:
+                inst = _Instance(None)
+                pool.append(inst)
+            else:
+                inst = min(pool, key=lambda i: (i.leases, i.last_used))
+            inst.leases += 1
+            inst.last_used = _time.monotonic()
+        if inst.model is None:
+            inst.model = self._new_llama("chatml")
+        return inst
+
+    def _release(self, inst: _Instance) -> None:
+        with self._lock:
+            inst.leases = max(0, inst.leases - 1)
 
     @classmethod
     def executor(cls) -> ThreadPoolExecutor:
@@ -155,10 +260,86 @@ class LocalLLM:
             return cls._executor
 
     async def load(self, tools: bool = True) -> None:
+        """Load the weights and make the contexts now, not on a caller's time."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.executor(), self._model, "chatml")
+        insts = [await loop.run_in_executor(self.executor(), self._lease) for _ in range(1)]
+        for inst in insts:
+            self._release(inst)
         if tools:
             await loop.run_in_executor(self.executor(), self._model, "chatml-function-calling")
+
+    async def warm(self, messages: list[Message], count: int | None = None) -> None:
+        """Evaluate a prompt prefix (the agent's system prompt and greeting)
+        in every context ahead of the first call."""
+        loop = asyncio.get_running_loop()
+        n = self.instances if count is None else count
+        insts = [await loop.run_in_executor(self.executor(), self._lease) for _ in range(n)]
+        try:
+            for inst in insts:
+                await loop.run_in_executor(
+                    self.executor(), _evaluate, inst.model, render_chatml(messages, False)
+                )
+        finally:
+            for inst in insts:
+                self._release(inst)
+
+    def session(self) -> LocalSession:
+        return LocalSession(self)
+
+    async def stream(self, messages: list[Message], tools: list[Tool]) -> AsyncIterator[LLMEvent]:
+        """One request on a shared context (no session)."""
+        session = self.session()
+        try:
+            async for event in session.stream(messages, tools):
+                yield event
+        finally:
+            session.close()
+
+
+def _evaluate(model: Any, prompt: str) -> int:
+    """Bring ``model``'s context to ``prompt`` (reusing the cached prefix);
+    returns how many tokens had to be evaluated."""
+    tokens = model.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+    n = 0
+    for a, b in zip(model._input_ids[: model.n_tokens], tokens, strict=False):
+        if a != b:
+            break
+        n += 1
+    if n == len(tokens) and model.n_tokens == n and not model._requires_eval:
+        return 0  # exactly this prompt is evaluated, its logits are current
+    if n == len(tokens):
+        n -= 1  # replay the last token to make its logits current
+    if n < model.n_tokens and (n <= 0 or not model._ctx.kv_cache_seq_rm(-1, n, -1)):
+        model.reset()
+        n = 0
+    model.n_tokens = n
+    model.eval(tokens[n:])
+    return len(tokens) - n
+
+
+class LocalSession:
+    """A conversation on the local model, on a context leased for the call."""
+
+    def __init__(self, llm: LocalLLM) -> None:
+        self.llm = llm
+        self._inst: _Instance | None = None
+
+    def _instance(self) -> _Instance:
+        if self._inst is None:
+            self._inst = self.llm._lease()
+        return self._inst
+
+    async def prime(self, messages: list[Message]) -> None:
+        loop = asyncio.get_running_loop()
+        inst = await loop.run_in_executor(self.llm.executor(), self._instance)
+        await loop.run_in_executor(
+            self.llm.executor(), _evaluate, inst.model, render_chatml(messages, False)
+        )
+
+    def close(self) -> None:
+        if self._inst is not None:
+            self.llm._release(self._inst)
+            self._inst = None
 
     async def stream(self, messages: list[Message], tools: list[Tool]) -> AsyncIterator[LLMEvent]:
         loop = asyncio.get_running_loop()
@@ -177,7 +358,7 @@ class LocalLLM:
             finally:
                 put(None)
 
-        future = loop.run_in_executor(self.executor(), run)
+        future = loop.run_in_executor(self.llm.executor(), run)
         try:
             while True:
                 item = await queue.get()
@@ -193,6 +374,9 @@ class LocalLLM:
     def _generate(
         self, messages: list[Message], tools: list[Tool], cancel: threading.Event
     ) -> Iterator[LLMEvent]:
+        import time as _time
+
+        llm = self.llm
         last = messages[-1] if messages else {}
         tool = None
         if last.get("role") == "user":
@@ -201,11 +385,11 @@ class LocalLLM:
             args = number_arguments(str(last.get("content") or ""), tool)
             if args is None:
                 # the model fills in the arguments, constrained by the tool's schema
-                reply = self._model("chatml-function-calling").create_chat_completion(
+                reply = llm._model("chatml-function-calling").create_chat_completion(
                     messages=messages,
                     tools=[tool.openai_schema()],
                     tool_choice={"type": "function", "function": {"name": tool.name}},
-                    max_tokens=self.max_tokens,
+                    max_tokens=llm.max_tokens,
                     temperature=0.0,
                 )
                 calls = reply["choices"][0]["message"].get("tool_calls") or []
@@ -219,18 +403,33 @@ class LocalLLM:
                 return
             if cancel.is_set():
                 return
-        chat = self._model("chatml")
-        for chunk in chat.create_chat_completion(
-            messages=_for_small_model(messages),
-            stream=True,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
+        model = self._instance().model
+        started = _time.perf_counter()
+        new = _evaluate(model, render_chatml(messages))
+        tokens = list(model._input_ids[: model.n_tokens])
+        end = model.token_eos()
+        out: list[int] = []
+        text = ""
+        first = True
+        for token in model.generate(
+            tokens, temp=llm.temperature, top_k=40, top_p=0.95, repeat_penalty=1.1
         ):
-            if cancel.is_set():
+            if first:
+                llm.first_token_s.append((new, _time.perf_counter() - started))
+                del llm.first_token_s[:-200]
+                first = False
+            if cancel.is_set() or token == end or len(out) >= llm.max_tokens:
                 return
-            text = chunk["choices"][0]["delta"].get("content")
-            if text:
-                yield TextDelta(text)
+            out.append(token)
+            full = model.detokenize(out).decode("utf-8", errors="ignore")
+            if _IM_END in full:
+                full = full[: full.index(_IM_END)]
+                if len(full) > len(text):
+                    yield TextDelta(full[len(text) :])
+                return
+            if len(full) > len(text) and not full.endswith("\ufffd"):
+                yield TextDelta(full[len(text) :])
+                text = full
 
 
 def number_arguments(utterance: str, tool: Tool) -> dict[str, str] | None:
@@ -247,28 +446,6 @@ def number_arguments(utterance: str, tool: Tool) -> dict[str, str] | None:
     if not digits:
         return None
     return {name: max(digits, key=len).replace(" ", "")}
-
-
-def _for_small_model(messages: list[Message]) -> list[Message]:
-    """A small chat model knows no tool roles: what tools found since the
-    caller last spoke becomes part of the system prompt, as facts."""
-    found = [
-        f"{m.get('name', 'lookup')} says: {m.get('content', '')}"
-        for m in messages
-        if m.get("role") == "tool"
-    ]
-    out: list[Message] = []
-    for m in messages:
-        role = m.get("role")
-        if role == "tool" or (role == "assistant" and m.get("tool_calls")):
-            continue
-        out.append({"role": role, "content": m.get("content") or ""})
-    if found and out and out[0]["role"] == "system":
-        out[0] = {
-            "role": "system",
-            "content": out[0]["content"] + " Looked up just now: " + " ".join(found),
-        }
-    return out
 
 
 class OpenAICompatLLM:

@@ -132,10 +132,20 @@ def make_stt(settings: Settings) -> Any:
     return FallbackSTT(providers, timeout_s=settings.stt_timeout_s)
 
 
-async def warm_up(llm: Any, stt: Any, tools: bool) -> None:
+def make_turn_model() -> Any:
+    """The end-of-turn model (Smart Turn v3.2, from the pipecat-ai wheel)."""
+    from .turn import SmartTurn
+
+    return SmartTurn()
+
+
+async def warm_up(llm: Any, stt: Any, tools: bool, turn_model: Any = None) -> None:
     import asyncio
 
     from .vad import VADStream
+
+    if turn_model is not None:
+        await turn_model.load()
 
     # the VAD's ONNX session loads and runs its first inference in ~0.3 s:
     # not on the event loop while the first caller's audio (and every other

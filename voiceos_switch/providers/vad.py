@@ -11,7 +11,9 @@ the window scores 0.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,21 @@ MODEL_RATE = 16000
 WINDOW_MS = WINDOW * 1000 // MODEL_RATE  # 32
 #: windows replayed into the model's recurrent state when the gate opens
 WARMUP_WINDOWS = 4
+
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def vad_executor() -> ThreadPoolExecutor:
+    """The one thread every call's VAD runs on. Not niced like the other
+    model threads: a window takes a fraction of a millisecond, and how soon
+    it is scored is how soon the agent hears the caller."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
+        return _executor
 
 
 def default_model_path() -> Path:
@@ -113,16 +130,37 @@ class VADStream:
         self._hangover = gate_hangover_ms
 
     def feed(self, pcm: bytes) -> list[VADResult]:
+        """Score ``pcm`` here and now (blocking: the model runs in this thread)."""
+        return self._score(self._split(pcm))
+
+    async def feed_async(self, pcm: bytes) -> list[VADResult]:
+        """Score ``pcm`` with the model on the VAD thread, never on the event
+        loop; while the gate hears no voice nothing leaves the loop."""
+        windows = self._split(pcm)
+        if not any(run for run, _, _ in windows):
+            return self._score(windows)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(vad_executor(), self._score, windows)
+
+    def _split(self, pcm: bytes) -> list[tuple[bool, np.ndarray, int]]:
+        """Cut the input into model windows: (run the model?, window, end ms)."""
         self._update_gate(pcm)
         self._input_ms += len(pcm) / 2 / self._input_rate * 1000
         audio = np.frombuffer(self._resampler.process(pcm), dtype="<i2").astype(np.float32)
         self._buf = np.concatenate([self._buf, audio / 32768.0])
-        out: list[VADResult] = []
+        out: list[tuple[bool, np.ndarray, int]] = []
         while len(self._buf) >= WINDOW:
             window, self._buf = self._buf[:WINDOW], self._buf[WINDOW:]
             self._windows += 1
             end_ms = self._windows * WINDOW_MS
-            if self._gate is not None and end_ms > self._gate_open_until_ms + WINDOW_MS:
+            gated = self._gate is not None and end_ms > self._gate_open_until_ms + WINDOW_MS
+            out.append((not gated, window, end_ms))
+        return out
+
+    def _score(self, windows: list[tuple[bool, np.ndarray, int]]) -> list[VADResult]:
+        out: list[VADResult] = []
+        for run, window, end_ms in windows:
+            if not run:
                 # the gate heard no voice recently: spend nothing on the model,
                 # but keep the last windows to warm it up when voice comes
                 self._held.append(window)

@@ -79,6 +79,10 @@ class AudioSocketCall(InboxMedia):
     async def hangup(self) -> None:
         self._conn.hangup("agent hung up")
 
+    def monitor_output(self, callback: Callable[[bytes, float], None]) -> None:
+        if self._pacer is not None:
+            self._pacer.monitor = callback
+
     @property
     def speaking(self) -> bool:
         return self._pacer is not None and self._pacer.speaking

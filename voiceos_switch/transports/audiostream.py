@@ -188,6 +188,9 @@ class StreamCall(InboxMedia):
             except ESLError as exc:
                 logger.warning(log.kv(event="hangup_failed", error=exc))
 
+    def monitor_output(self, callback: Callable[[bytes, float], None]) -> None:
+        self.pacer.monitor = callback
+
     @property
     def speaking(self) -> bool:
         return self.pacer.speaking
