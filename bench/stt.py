@@ -56,8 +56,8 @@ def load_prompts(root: Path, count: int) -> list[tuple[str, str, bytes]]:
     texts = {}
     for line in gzip.open(doc, "rt", encoding="utf-8", errors="replace"):
         m = re.match(r"^([\w/-]+):\s*(.+)$", line.strip())
-        if m:  # annotations such as "(simple tone sound plays)" are not speech
-            text = re.sub(r"\([^)]*\)|\[[^\]]*\]", " ", m.group(2)).strip()
+        if m:  # annotations ("(simple tone sound plays)", "<beep>") are not speech
+            text = re.sub(r"\([^)]*\)|\[[^\]]*\]|<[^>]*>", " ", m.group(2)).strip()
             if re.search(r"[A-Za-z0-9]", text):
                 texts[m.group(1)] = text
     prompts = []

@@ -26,9 +26,9 @@ from typing import Any
 
 from . import log
 from .call import TTS, Call
-from .handlers import Handler, HandlerRunner
 from .control.ami import AMIController, AMIError
 from .control.esl import ESLController, ESLError
+from .handlers import Handler, HandlerRunner
 from .media import AudioIn, CallMedia, DtmfIn, MediaEnded
 from .settings import Settings, is_loopback, split_hostport
 
@@ -120,6 +120,7 @@ class Agent:
             raise ConfigurationError(f"facts: {exc}") from exc
         self.turn_detection = turn_detection
         self._turn_model: Any = None
+        self._text_turn: Any = None
         self._handlers: dict[str, list[Handler]] = {name: [] for name in EVENTS}
         self.calls: dict[str, Call] = {}
         self.control: AMIController | None = None
@@ -150,7 +151,6 @@ class Agent:
 
     def has_handlers(self, event: str) -> bool:
         return bool(self._handlers[event])
-
 
     # call control ------------------------------------------------------------
     def _require_control(
@@ -188,6 +188,7 @@ class Agent:
             raise ValueError(f"via must be 'redirect' or 'dialplan', not {via!r}")
         target = target or self.human_target
         control = self._require_control(f"transfer to {target}", TransferError, call)
+        call.stop_speaking()  # the agent does not talk over the hand-off
         try:
             if call.pbx == "freeswitch":
                 await self._handoff_freeswitch(call, control, target, include_transcript)
@@ -277,7 +278,10 @@ class Agent:
                 self._stt = registry.make_stt(self.settings)
             if self._turn_model is None and self.turn_detection:
                 self._turn_model = registry.make_turn_model()
-            await registry.warm_up(self._llm, self._stt, bool(self.tools), self._turn_model)
+                self._text_turn = registry.make_text_turn_model()
+            await registry.warm_up(
+                self._llm, self._stt, bool(self.tools), self._turn_model, self._text_turn
+            )
             await self.knowledge.load()
             warm = getattr(self._llm, "warm", None)
             if warm is not None:
@@ -375,6 +379,7 @@ class Agent:
             ),
             emit=runner.post,
             turn_model=self._turn_model,
+            text_turn=self._text_turn,
             knowledge=self.knowledge,
         )
         self.conversations[call.id] = conversation

@@ -98,6 +98,7 @@ class Call:
         #: set while a conversation runs: speech then goes through its turn
         #: loop, so the caller can interrupt it like any reply
         self.speaker: Callable[[str], Awaitable[Turn]] | None = None
+        self.silencer: Callable[[], int] | None = None
 
     @property
     def sample_rate(self) -> int:
@@ -146,7 +147,10 @@ class Call:
         turn.text = heard_prefix(turn.text, handle.heard_fraction)
 
     def stop_speaking(self) -> int:
-        """Cut the agent's voice now; returns frames dropped."""
+        """Cut the agent's voice now (and what it was about to say); returns
+        frames dropped."""
+        if self.silencer is not None:
+            return self.silencer()
         return self.media.clear()
 
     def play(self, pcm: bytes) -> Playout:

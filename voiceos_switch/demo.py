@@ -62,12 +62,14 @@ def lookup_order(order_number: str) -> dict[str, str]:
     }
 
 
-def demo_agent(settings: Settings | None = None, voice: str = "espeak") -> Agent:
+def demo_agent(
+    settings: Settings | None = None, voice: str = "espeak", facts: list[str] | None = None
+) -> Agent:
     return Agent(
         model="local",
         voice=voice,
         system_prompt=STORE_PROMPT,
-        facts=STORE_FACTS,
+        facts=STORE_FACTS if facts is None else facts,
         tools=[lookup_order],
         greeting="Hello, Acme Hardware. How can I help?",
         settings=settings or Settings(),
@@ -95,6 +97,8 @@ DEFAULT_SCRIPT = [
 class WireTurn:
     said: str
     speech_end: float
+    #: when the caller started saying it
+    started: float = 0.0
     first_agent_audio: float | None = None
     interrupted_agent: bool = False
     #: for speech over the agent: when the caller's voice started, and when
@@ -121,6 +125,17 @@ class CallerResult:
     turns: list[WireTurn] = field(default_factory=list)
     caller: bytearray = field(default_factory=bytearray)
     agent: bytearray = field(default_factory=bytearray)
+    #: when each agent frame arrived (one per 20 ms frame in ``agent``)
+    agent_times: list[float] = field(default_factory=list)
+
+    def agent_audio(self, start: float, end: float) -> bytes:
+        """The agent's audio that arrived between two moments."""
+        frame = FRAME_BYTES
+        return b"".join(
+            bytes(self.agent[i * frame : (i + 1) * frame])
+            for i, at in enumerate(self.agent_times)
+            if start <= at < end
+        )
 
 
 class ScriptedCaller(asyncio.Protocol):
@@ -147,6 +162,7 @@ class ScriptedCaller(asyncio.Protocol):
         for frame in self.parser.feed(data):
             if isinstance(frame, proto.Audio):
                 self.result.agent += frame.pcm
+                self.result.agent_times.append(now)
                 loud = np.abs(np.frombuffer(frame.pcm, dtype="<i2")).max(initial=0) > 300
                 if loud:
                     if self.agent_sound_started is None or now - self.last_agent_sound > 0.5:
@@ -192,6 +208,8 @@ async def run_caller(
     caller.on_agent_frame = agent_frame
 
     voiced_at: list[float] = []
+    #: the clip's last voiced frame, and the turn whose speech it ends
+    mark: list[tuple[bytes, WireTurn]] = []
 
     async def send_loop() -> None:
         start = time.monotonic()
@@ -203,6 +221,10 @@ async def run_caller(
             if frame is not SILENCE and not voiced_at:
                 if np.abs(np.frombuffer(frame, dtype="<i2")).max(initial=0) > 1000:
                     voiced_at.append(time.monotonic())
+            if mark and frame is mark[0][0]:
+                # the end of the caller's speech: its last voiced frame, not
+                # the synthesiser's trailing silence after it
+                mark.pop()[1].speech_end = time.monotonic() + 0.02
             result.caller += frame
             if caller.transport is not None and not caller.transport.is_closing():
                 caller.transport.write(proto.encode_audio(frame, RATE))
@@ -222,14 +244,20 @@ async def run_caller(
             for i in range(0, len(pcm), FRAME_BYTES)
         ]
         voiced_at.clear()
+        new = WireTurn(
+            said=step.say,
+            speech_end=float("inf"),
+            started=time.monotonic(),
+            backchannel=step.backchannel,
+        )
+        mark[:] = [(frames[_last_voiced_frame(frames)], new)]
+        if not step.backchannel:
+            turn = new  # its first answer is the first agent frame after its speech ends
         pending.extend(frames)
         await wait_until(lambda: not pending, 60)
-        new = WireTurn(said=step.say, speech_end=time.monotonic(), backchannel=step.backchannel)
         if over_agent and voiced_at:
             new.onset = voiced_at[0]
             new.agent_last_frame = _last_before_gap(caller.loud_times, new.onset)
-        if not step.backchannel:
-            turn = new
         result.turns.append(new)
 
     # the greeting first
@@ -259,6 +287,14 @@ async def run_caller(
     if caller.transport is not None:
         caller.transport.close()
     return result
+
+
+def _last_voiced_frame(frames: list[bytes], threshold: int = 500) -> int:
+    """Index of the last frame with voice in it (peak over ``threshold``)."""
+    for i in range(len(frames) - 1, -1, -1):
+        if np.abs(np.frombuffer(frames[i], dtype="<i2")).max(initial=0) > threshold:
+            return i
+    return len(frames) - 1
 
 
 def _last_before_gap(times: list[float], onset: float, gap: float = 0.3) -> float | None:

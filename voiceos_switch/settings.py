@@ -148,9 +148,14 @@ class Settings(BaseSettings):
         6.0, gt=0, description="A model silent this long is replaced by the next in the chain."
     )
     stt: str = Field(
-        "whisper",
-        description="Speech recogniser(s): 'whisper', 'openai:<model>', "
-        "'vosk-server:ws://HOST:PORT'; a comma-separated chain falls back in order.",
+        "moonshine",
+        description="Speech recogniser(s): 'moonshine' (Moonshine base, offline: as accurate "
+        "as Whisper tiny.en on phone speech at a third of its decode time), 'whisper', "
+        "'openai:<model>', 'vosk-server:ws://HOST:PORT'; a comma-separated chain falls back "
+        "in order.",
+    )
+    stt_threads: int = Field(
+        1, ge=1, le=8, description="Threads of the embedded Moonshine recogniser."
     )
     stt_model_dir: Path | None = Field(
         None, description="A CTranslate2 Whisper model directory (default: Whisper tiny.en)."

@@ -73,6 +73,10 @@ class SpeechHandle:
         self.task: asyncio.Task[None] | None = None
         self._chunks: list[_Chunk] = []
         self._finished = False
+        #: audio shorter than a frame, carried into the next piece: the pacer
+        #: pads a partial frame with silence, which would click mid-word
+        self._carry = b""
+        self._frame = media.sample_rate * 2 // 50
         self._done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.released = asyncio.Event()
         if not held:
@@ -89,6 +93,13 @@ class SpeechHandle:
         """Audio of the current chunk, as the voice makes it."""
         if self.ended or not pcm:
             return
+        data = self._carry + pcm
+        whole = len(data) // self._frame * self._frame
+        self._carry = data[whole:]
+        if whole:
+            self._add(data[:whole])
+
+    def _add(self, pcm: bytes) -> None:
         if not self._chunks:
             self._chunks.append(_Chunk(""))
         chunk = self._chunks[-1]
@@ -107,6 +118,9 @@ class SpeechHandle:
         if self._finished:
             return
         self._finished = True
+        if self._carry and not self.ended:
+            self._add(self._carry)  # the last frame, padded
+        self._carry = b""
         if self._chunks:
             self._chunks[-1].complete = True
         if self.state in (SpeechState.PLAYING, SpeechState.PAUSED):

@@ -141,7 +141,8 @@ async def test_calls_through_asterisk_are_recorded_and_analysed(
             + u["llm_tokens_out"] / 1000 * PRICES["price_llm_per_1k_tokens_out"]
             + u["tts_chars"] / 1000 * PRICES["price_tts_per_1k_chars"]
         )
-        assert u["stt_seconds"] > 0 and u["llm_tokens_in"] > 0 and u["tts_chars"] > 0
+        # (answers from the agent's facts use no model: its tokens may be 0)
+        assert u["stt_seconds"] > 0 and u["tts_chars"] > 0
         assert record["cost"]["total"] == pytest.approx(expected, abs=1e-5)
         assert got["cost"]["result"]["matches_record"]
         # caller and agent re-transcribed from their own recordings
@@ -150,6 +151,8 @@ async def test_calls_through_asterisk_are_recorded_and_analysed(
         assert _all_exist(record["recordings"].values())
         assert got["summary"]["result"]["summary"]
         assert got["summary"]["result"]["disposition"] == "handled"
+    # the order call went to the model, which asked for the tool
+    assert store.get_call(ids[-1])["usage"]["llm_tokens_in"] > 0  # type: ignore[index]
     first = store.get_analyses(ids[-1])  # list_calls is newest first: the order call
     assert (
         "four" in first["transcript"]["result"]["caller"]["text"].lower()

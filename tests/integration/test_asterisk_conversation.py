@@ -42,7 +42,7 @@ async def test_question_answered_with_a_tool_through_asterisk(
         stop.set()
         await asyncio.wait_for(server, 30)
     assert result.answered and result.heard is not None
-    ((_, conversation),) = agent.conversations.items()
+    (conversation,) = agent.finished
     assert conversation.metrics, "the agent took no turn"
     turn = conversation.metrics[0]
     assert normalise(turn.caller_text)[-3:] == ["four", "two", "seven"]

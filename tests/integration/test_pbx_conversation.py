@@ -20,7 +20,7 @@ import pytest
 from tests.freeswitch_standin import FreeSwitchStandin
 from tests.textcheck import normalise
 from voiceos_switch import Agent, Call
-from voiceos_switch.demo import demo_agent
+from voiceos_switch.demo import STORE_FACTS, demo_agent
 from voiceos_switch.pbx.asterisk import AsteriskSandbox
 from voiceos_switch.pbx.labcall import place_call, write_wav
 from voiceos_switch.providers.tts.piper import PiperTTS
@@ -63,8 +63,17 @@ async def caller_timeline() -> tuple[bytes, float]:
     return bytes(pcm), len(pcm) / 2 / RATE
 
 
+#: the long answer the caller cuts short (about eight seconds of speech)
+EVERYTHING = (
+    "We sell tools, paint, garden supplies and hardware: hammers, saws and drills, "
+    "paint for inside and outside, seeds, soil and hoses, and every kind of screw, nail "
+    "and bolt you can think of."
+)
+
+
 def conversation_agent(settings: Settings, outcome: Outcome) -> Agent:
-    agent = demo_agent(settings, voice="piper")
+    facts = [f for f in STORE_FACTS if not f.startswith("We sell")] + [EVERYTHING]
+    agent = demo_agent(settings, voice="piper", facts=facts)
 
     @agent.on("transcript")
     async def wants_a_person(call: Call, turn: Any) -> None:
@@ -172,7 +181,7 @@ async def test_the_same_conversation_on_each_pbx(
         call.transcript[4].planned_text or "x" * 10_000
     )  # ...to what was heard
     assert "person" in said[5][1].lower()
-    (conversation,) = agent.conversations.values()
+    (conversation,) = agent.finished
     assert conversation.barge_ins == 1
     assert conversation.metrics[0].first_frame_sent is not None
     # handed to a human with the transcript

@@ -1,4 +1,5 @@
-"""Whisper tiny.en on real recorded 8 kHz telephone prompts.
+"""The recognisers on real recorded 8 kHz telephone prompts: Moonshine base
+(the default) and Whisper tiny.en.
 
 The managed Asterisk root carries Asterisk's core English prompts (a real
 voice, recorded for the phone network) and their transcripts.
@@ -14,6 +15,7 @@ import pytest
 from tests.textcheck import wer
 from voiceos_switch.pbx.asterisk import AsteriskSandbox
 from voiceos_switch.pbx.labcall import read_wav_mono16
+from voiceos_switch.providers.moonshine import MoonshineSTT
 from voiceos_switch.providers.stt import WhisperSTT
 from voiceos_switch.providers.vad import VADStream
 
@@ -45,14 +47,17 @@ def transcripts(asterisk: AsteriskSandbox) -> dict[str, str]:
     for line in gzip.open(path, "rt", encoding="utf-8", errors="replace"):
         m = re.match(r"^([\w/-]+):\s*(.+)$", line.strip())
         if m:  # annotations such as "(simple tone sound plays)" are not speech
-            out[m.group(1)] = re.sub(r"\([^)]*\)|\[[^\]]*\]", " ", m.group(2))
+            out[m.group(1)] = re.sub(r"\([^)]*\)|\[[^\]]*\]|<[^>]*>", " ", m.group(2))
     return out
 
 
-async def test_whisper_on_real_recorded_phone_prompts(asterisk: AsteriskSandbox) -> None:
+@pytest.mark.parametrize("recogniser", ["moonshine", "whisper"])
+async def test_recognisers_on_real_recorded_phone_prompts(
+    asterisk: AsteriskSandbox, recogniser: str
+) -> None:
     texts = transcripts(asterisk)
     sounds = asterisk.host_path("/usr/share/asterisk/sounds/en_US_f_Allison")
-    stt = WhisperSTT()
+    stt = MoonshineSTT() if recogniser == "moonshine" else WhisperSTT()
     errors = words = 0
     used = 0
     for name in PROMPTS:
@@ -70,5 +75,5 @@ async def test_whisper_on_real_recorded_phone_prompts(asterisk: AsteriskSandbox)
         assert sum(flags) * 32 > 300, f"VAD missed {name}"
     assert used >= 12
     rate_ = errors / words
-    print(f"Whisper tiny.en WER on {used} real prompts ({words} words): {rate_:.1%}")
+    print(f"{recogniser} WER on {used} real prompts ({words} words): {rate_:.1%}")
     assert rate_ < 0.12

@@ -75,7 +75,6 @@ async def test_a_key_interrupts_the_greeting_and_the_transcript_keeps_what_was_h
 
 
 async def test_say_interrupted_records_only_the_heard_words(clock: FrameClock) -> None:
-    agent = make_agent()
     media = FakeMedia(clock)
     call = Call(media, FakeTTS())
     speaking = asyncio.create_task(call.say("alpha beta gamma delta epsilon zeta eta theta"))

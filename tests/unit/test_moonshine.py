@@ -133,6 +133,80 @@ def test_the_converted_model_computes_what_the_ort_file_does(phone_speech: list[
     assert np.abs(onnx_logits - ort_logits).max() < 1e-3
 
 
+def test_the_converter_round_trips_what_the_model_does_not_use(tmp_path: Path) -> None:
+    """Sparse and string initializers, tensor attributes, both If branches."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from voiceos_switch.providers.ortconvert import load_ort
+
+    def value(name: str, kind: int, shape: list[int]) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, kind, shape)
+
+    def branch(name: str, weight: str) -> onnx.GraphProto:
+        node = helper.make_node("MatMul", ["x", weight], [name])
+        return helper.make_graph([node], name, [], [value(name, TensorProto.FLOAT, [2, 4])])
+
+    fill = numpy_helper.from_array(np.array([7.0], np.float32))
+    nodes = [
+        helper.make_node("Cast", ["w8"], ["wf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["wf", "scale"], ["w"]),
+        helper.make_node(
+            "If", ["flag"], ["y"], then_branch=branch("a", "w"), else_branch=branch("b", "sp")
+        ),
+        helper.make_node("ConstantOfShape", ["shape"], ["c"], value=fill),
+        helper.make_node("Identity", ["words"], ["s"]),
+    ]
+    sparse = helper.make_sparse_tensor(
+        numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "sp"),
+        numpy_helper.from_array(np.array([1, 10], np.int64)),
+        [3, 4],
+    )
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            value("x", TensorProto.FLOAT, [2, 3]),
+            value("flag", TensorProto.BOOL, [1]),
+            value("shape", TensorProto.INT64, [2]),
+        ],
+        [
+            value("y", TensorProto.FLOAT, [2, 4]),
+            value("c", TensorProto.FLOAT, [2, 2]),
+            value("s", TensorProto.STRING, [2]),
+        ],
+        initializer=[
+            numpy_helper.from_array(np.arange(-6, 6, dtype=np.int8).reshape(3, 4), "w8"),
+            numpy_helper.from_array(np.array(0.5, np.float32), "scale"),
+            numpy_helper.from_array(np.array([b"one", b"two"], dtype=object), "words"),
+        ],
+        sparse_initializer=[sparse],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "tiny.ort")
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    cpu = ["CPUExecutionProvider"]
+    ort.InferenceSession(model.SerializeToString(), options, providers=cpu)
+
+    back = load_ort(tmp_path / "tiny.ort")
+    onnx.checker.check_model(back)
+    assert len(back.graph.sparse_initializer) == 1
+    feeds: dict[str, np.ndarray] = {
+        "x": np.ones((2, 3), np.float32),
+        "shape": np.array([2, 2], np.int64),
+    }
+    for flag in (True, False):
+        feeds["flag"] = np.array([flag])
+        want = ort.InferenceSession(model.SerializeToString(), providers=cpu).run(None, feeds)
+        got = ort.InferenceSession(back.SerializeToString(), providers=cpu).run(None, feeds)
+        for a, b in zip(want, got, strict=True):
+            assert np.array_equal(a, b)
+
+
 def test_prepare_says_what_it_does(preparation: tuple[Path, list[str]]) -> None:
     directory, messages = preparation
     said = "\n".join(messages)
@@ -222,6 +296,17 @@ async def test_moonshine_at_16k(stt: MoonshineSTT, wideband_speech: list[bytes])
     results = [await stt.transcribe(pcm, 16000, final=False) for pcm in speech]
     assert word_error_rate(SENTENCES[:3], [r.text for r in results]) < 0.15
     assert not any(r.final for r in results)
+
+
+async def test_speech_after_seconds_of_silence_is_heard(
+    stt: MoonshineSTT, phone_speech: list[bytes]
+) -> None:
+    # the model's first guess after a long quiet lead can be "nothing said",
+    # with less certainty than it has on noise
+    lead = bytes(8000 * 2 * 3)
+    results = [await stt.transcribe(lead + pcm, 8000) for pcm in phone_speech]
+    assert all(r.text for r in results)
+    assert word_error_rate(SENTENCES, [r.text for r in results]) < 0.15
 
 
 async def test_silence_noise_and_clipping_are_no_words(stt: MoonshineSTT) -> None:

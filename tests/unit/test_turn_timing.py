@@ -222,7 +222,9 @@ class Line:
 
     def agent_frames(self) -> list[float]:
         """When each audible agent frame went out."""
-        return [at for f, at in zip(self.media.sent, self.media.sent_at, strict=True) if peak(f) > 1000]
+        return [
+            at for f, at in zip(self.media.sent, self.media.sent_at, strict=True) if peak(f) > 1000
+        ]
 
     def first_agent_frame_after(self, t: float) -> float | None:
         return next((at for at in self.agent_frames() if at > t), None)
@@ -417,13 +419,14 @@ async def test_a_fact_is_the_answer_without_the_model() -> None:
 async def test_side_effects_wait_for_the_turn_and_lookups_do_not() -> None:
     ran: list[str] = []
 
+    # coroutines, so they run on the virtual clock's loop, not in a thread
     @tool(read_only=True)
-    def lookup_order(order_number: str) -> dict[str, str]:
+    async def lookup_order(order_number: str) -> dict[str, str]:
         """Look up an order by its number."""
         ran.append("lookup")
         return {"say": "It shipped."}
 
-    def cancel_order(order_number: str) -> dict[str, str]:
+    async def cancel_order(order_number: str) -> dict[str, str]:
         """Cancel an order by its number."""
         ran.append("cancel")
         return {"say": "Cancelled."}
@@ -433,9 +436,11 @@ async def test_side_effects_wait_for_the_turn_and_lookups_do_not() -> None:
         "cancel order 1": ToolCallRequest("b", "cancel_order", '{"order_number": "1"}'),
     }
     p = {"where is order 1": 0.2, "cancel order 1": 0.2}  # unsure: long waits
-    line = Line(replies, p=lambda t: p.get(t, 0.2), tools=[
-        Tool.from_function(lookup_order), Tool.from_function(cancel_order)
-    ])
+    line = Line(
+        replies,
+        p=lambda t: p.get(t, 0.2),
+        tools=[Tool.from_function(lookup_order), Tool.from_function(cancel_order)],
+    )
     await line.play(line.words.say("where is order 1"))
     await line.wait(0.5)  # paused, turn not yet over
     assert ran == ["lookup"]  # ran on the speculation

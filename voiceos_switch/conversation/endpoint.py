@@ -52,25 +52,32 @@ class TurnStyle:
     """How a style trades speed for the risk of cutting a caller off (ms)."""
 
     name: str
-    #: no turn ends before this much silence, however sure the model is
+    #: no turn ends before this much silence, however sure the cues are
     min_silence_ms: int
-    #: the model's probability at or above which the turn is over
+    #: the voice model's probability at or above which it says "finished"
     complete_p: float
-    #: at or below this, the caller is taken to be mid-sentence
+    #: at or below this, the voice model says "mid-sentence"
     incomplete_p: float
-    #: silence that ends a turn the model is unsure of, reading complete
+    #: silence that ends a turn the cues are unsure of
     complete_ms: int
-    #: silence that ends a turn that reads unfinished (the fallback wait)
+    #: silence that ends a turn that reads unfinished (the longest wait)
     incomplete_ms: int
     #: speech shorter than this is a click or a cough, not a turn
     min_speech_ms: int
+    #: the words' end-of-turn probability below which they are unfinished
+    text_unfinished_p: float = 0.004
+    #: ... and at or above which they read finished
+    text_complete_p: float = 0.03
 
 
 STYLES: dict[str, TurnStyle] = {
-    "patient": TurnStyle("patient", 250, 0.85, 0.5, 800, 1500, 250),
-    "balanced": TurnStyle("balanced", 120, 0.7, 0.35, 550, 1100, 200),
-    "snappy": TurnStyle("snappy", 80, 0.55, 0.25, 350, 800, 150),
+    "patient": TurnStyle("patient", 250, 0.85, 0.5, 800, 1500, 200, 0.01, 0.1),
+    "balanced": TurnStyle("balanced", 120, 0.7, 0.35, 550, 1100, 150, 0.004, 0.03),
+    "snappy": TurnStyle("snappy", 80, 0.55, 0.25, 350, 800, 120, 0.002, 0.01),
 }
+
+#: ``text_p`` while the words' probability is still being computed
+PENDING = -1.0
 
 
 def style(name: str) -> TurnStyle:
@@ -89,27 +96,40 @@ class Decision:
     wait_ms: float | None = None
 
 
-def decide(cfg: TurnStyle, silence_ms: float, turn_p: float | None, text: str | None) -> Decision:
-    """The end-of-turn rule: the model decides when it is sure, the
-    transcript can hold it back, and silence decides the rest."""
-    unfinished = text is not None and looks_unfinished(text)
-    if turn_p is not None and turn_p >= cfg.complete_p and not unfinished:
-        if text is None and silence_ms < cfg.complete_ms:
-            # the words are being decoded: the reply needs them anyway, and
-            # they can still say the caller is mid-sentence
-            return Decision(False, "model", cfg.complete_ms)
-        if silence_ms >= cfg.min_silence_ms:
-            return Decision(True, "model")
-        return Decision(False, "model", cfg.min_silence_ms)
-    if unfinished or (turn_p is not None and turn_p <= cfg.incomplete_p):
-        wait = cfg.incomplete_ms
-        why = "unfinished" if unfinished else "model_incomplete"
-    elif turn_p is None and text is None:
-        wait = cfg.incomplete_ms  # no cue at all yet
-        why = "silence"
-    else:
-        wait = cfg.complete_ms
-        why = "silence"
-    if silence_ms >= wait:
-        return Decision(True, why)
-    return Decision(False, why, wait)
+def decide(
+    cfg: TurnStyle,
+    silence_ms: float,
+    turn_p: float | None,
+    text: str | None,
+    text_p: float | None = None,
+) -> Decision:
+    """The end-of-turn rule. Words that read unfinished hold the turn open
+    for the longest wait; words and voice that both read finished end it
+    after the shortest silence; anything in between waits for silence.
+    While the words are being decoded (the reply needs them anyway) a
+    finished-sounding voice waits for them, up to the unsure wait."""
+    pending = text is None or text_p == PENDING
+    unfinished = text is not None and (
+        looks_unfinished(text) or (text_p is not None and 0 <= text_p < cfg.text_unfinished_p)
+    )
+    if unfinished:
+        return _wait(cfg.incomplete_ms, silence_ms, "unfinished")
+    voice_done = turn_p is not None and turn_p >= cfg.complete_p
+    words_done = text_p is not None and text_p >= cfg.text_complete_p
+    if voice_done and pending:
+        return _wait(cfg.complete_ms, silence_ms, "model", early=True)
+    if voice_done and (words_done or text_p is None):
+        return _wait(cfg.min_silence_ms, silence_ms, "model")
+    if turn_p is None and pending:
+        return _wait(cfg.incomplete_ms, silence_ms, "silence", early=True)
+    if turn_p is not None and turn_p <= cfg.incomplete_p and not words_done:
+        return _wait(cfg.incomplete_ms, silence_ms, "model_incomplete")
+    return _wait(cfg.complete_ms, silence_ms, "silence")
+
+
+def _wait(ms: int, silence_ms: float, reason: str, early: bool = False) -> Decision:
+    """Over once ``ms`` of silence have passed; ``early``: a cue still to
+    come may decide sooner."""
+    if silence_ms >= ms:
+        return Decision(True, reason)
+    return Decision(False, reason, None if early else ms)

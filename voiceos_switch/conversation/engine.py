@@ -61,6 +61,7 @@ from .listener import (
     Resumed,
     SpeechStarted,
     STTLike,
+    TextTurnModel,
     TurnEnded,
     TurnModel,
     VADLike,
@@ -86,6 +87,10 @@ BRIEF_VOICE_RULES = "Reply in one or two short spoken sentences."
 #: inbound events handed from the transport to the loop at most; beyond
 #: them the transport's own bounded inbox holds (and drops) audio
 INBOUND_HANDOVER = 50
+
+#: no caller frame for this long is silence (DTX, silence suppression); a
+#: shorter gap is a late frame that will still come
+DTX_AFTER_S = 0.1
 
 NOT_SURE = "I'm not sure about that. Is there something else I can help with?"
 TROUBLE = "Sorry, I'm having trouble right now. Could you say that again?"
@@ -165,6 +170,7 @@ class TurnMetrics:
     answer: str = ""  # "fact", "model", "tool", "fallback"
     endpoint_reason: str = ""
     turn_p: float | None = None
+    text_p: float | None = None
     tool_calls: list[str] = field(default_factory=list)
 
     def as_ms(self) -> dict[str, float | None]:
@@ -225,6 +231,7 @@ class Conversation:
         emit: Callable[..., Any],
         vad: VADLike | None = None,
         turn_model: TurnModel | None = None,
+        text_turn: TextTurnModel | None = None,
         knowledge: Knowledge | None = None,
         clock: Clock | None = None,
         gate: Any = None,
@@ -247,6 +254,7 @@ class Conversation:
             vad=vad,
             stt=stt,
             turn_model=turn_model,
+            text_turn=text_turn,
             on_event=self._on_listener,
             config=ListenerConfig(
                 style=endpoint.style(config.style), max_utterance_s=config.max_utterance_s
@@ -288,8 +296,12 @@ class Conversation:
     async def run(self) -> None:
         reader = asyncio.create_task(self._pump())
         self.call.speaker = self.say
+        self.call.silencer = self.stop_speaking
         try:
-            await self.session.prime([self._system_message()])
+            prefix = [self._system_message()]
+            if self.config.greeting:
+                prefix.append({"role": "assistant", "content": self.config.greeting})
+            await self.session.prime(prefix)
             if self.config.greeting:
                 self._enqueue(self._text_handle(self.config.greeting, "greeting"))
             while not self._ended:
@@ -304,6 +316,7 @@ class Conversation:
             self._ended = True
             self._set_state(TurnState.ENDED, "media ended")
             self.call.speaker = None
+            self.call.silencer = None
             reader.cancel()
             for handle in self._all_handles():
                 handle.interrupt()
@@ -348,7 +361,7 @@ class Conversation:
         now = self.clock.now()
         deadlines: list[float] = []
         if self.listener.phase is not Phase.QUIET:
-            deadlines.append(self._last_frame_at + 0.06)  # frames stopped: DTX
+            deadlines.append(self._last_frame_at + DTX_AFTER_S)  # frames stopped
         if self._barge is not None:
             deadlines.append(now + 0.1)
         if self._idle():
@@ -375,7 +388,7 @@ class Conversation:
     async def _on_time(self) -> None:
         now = self.clock.now()
         gap = now - self._last_frame_at
-        if self.listener.phase is not Phase.QUIET and gap > 0.06:
+        if self.listener.phase is not Phase.QUIET and gap > DTX_AFTER_S:
             # the PBX stopped sending frames (DTX, silence suppression):
             # that is silence, as long as it lasts
             await self.listener.idle(gap, now)
@@ -596,6 +609,7 @@ class Conversation:
         m.endpoint = self._audio_to_clock(ended.decided_ms)
         m.endpoint_reason = ended.reason
         m.turn_p = ended.turn_p
+        m.text_p = ended.text_p
         self.call.usage.stt_seconds += ended.transcript.audio_s or ended.audio_s
         self.metrics.append(m)
         if merged is not None and self._last_caller_turn is not None:
@@ -610,6 +624,7 @@ class Conversation:
                 text=text,
                 reason=ended.reason,
                 turn_p=-1 if ended.turn_p is None else round(ended.turn_p, 2),
+                text_p=-1 if ended.text_p is None else round(ended.text_p, 3),
                 speculated=m.preemptive,
                 merged=merged is not None,
             )
@@ -651,6 +666,8 @@ class Conversation:
 
         async def go() -> None:
             await reply.planned.wait()
+            if self.call.transferred_to is not None or self.media.ended:
+                reply.handle.cancel()  # a handler handed the caller to a person
             if not reply.handle.ended:
                 self.history.append({"role": "user", "content": reply.user_content or reply.text})
                 self._record_agent_turn(reply.handle)
@@ -691,6 +708,7 @@ class Conversation:
             # the caller is talking: this waits, paused, for their words to
             # say whether to go on
             handle.pause()
+
         def spoken(_f: asyncio.Future[bool]) -> None:
             self._spoken(handle)
 
@@ -744,6 +762,15 @@ class Conversation:
         handle.task = asyncio.ensure_future(make())
         return handle
 
+    def stop_speaking(self) -> int:
+        """``call.stop_speaking``: everything the agent is saying or about to
+        say stops now; returns the frames dropped."""
+        dropped = 0
+        for handle in self._all_handles():
+            dropped += handle.interrupt()
+        self._queue.clear()
+        return dropped
+
     async def say(self, text: str) -> Turn:
         """``call.say``: speak ``text`` through the same path as replies, so a
         caller's barge-in stops it the same way."""
@@ -772,7 +799,7 @@ class Conversation:
             turn.interrupted = handle.state is not SpeechState.DONE
             turn.text = handle.heard_text if turn.interrupted else handle.planned_text
             turn.ended_at = time.time()
-            if not turn.text and not turn.planned_text:
+            if not turn.text:  # never heard: it was not said
                 with contextlib.suppress(ValueError):
                     self.call.transcript.remove(turn)
                 return

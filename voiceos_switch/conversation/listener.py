@@ -58,6 +58,10 @@ class TurnModel(Protocol):
     async def probability(self, pcm: bytes, sample_rate: int) -> float: ...
 
 
+class TextTurnModel(Protocol):
+    async def probability(self, text: str) -> float: ...
+
+
 class GateLike(Protocol):
     def is_speech(self, frame: bytes, sample_rate: int) -> bool: ...
 
@@ -108,6 +112,7 @@ class TurnEnded:
     reason: str
     turn_p: float | None
     audio_s: float
+    text_p: float | None = None
 
     @property
     def text(self) -> str:
@@ -169,6 +174,7 @@ class Listener:
         stt: STTLike,
         turn_model: TurnModel | None,
         on_event: Callable[[ListenerEvent], None],
+        text_turn: TextTurnModel | None = None,
         config: ListenerConfig | None = None,
         gate: GateLike | None = None,
         echo: EchoEstimate | None = None,
@@ -177,6 +183,7 @@ class Listener:
         self.vad = vad
         self.stt = stt
         self.turn_model = turn_model
+        self.text_turn = text_turn
         self.on_event = on_event
         self.config = config or ListenerConfig()
         self.echo = echo or EchoEstimate()
@@ -207,6 +214,8 @@ class Listener:
         self._hypothesis: Hypothesis | None = None
         self._score: asyncio.Task[float] | None = None
         self.turn_p: float | None = None
+        self.text_p: float | None = None
+        self._text_score: asyncio.Task[float] | None = None
         self._endings: set[asyncio.Task[None]] = set()
         self._discarded: set[int] = set()
         self.decision: Decision | None = None
@@ -329,6 +338,7 @@ class Listener:
         self.phase = Phase.SPEAKING
         self._cancel_work()
         self.turn_p = None
+        self.text_p = None
         self._hypothesis = None
         self.on_event(Resumed(self.turn, now))
 
@@ -343,7 +353,10 @@ class Listener:
                 self._reset()
             return
         text = self._hypothesis.text if self._hypothesis is not None else None
-        self.decision = endpoint.decide(style, silence, self.turn_p, text)
+        text_p = self.text_p
+        if text is not None and self.text_turn is not None and text_p is None:
+            text_p = endpoint.PENDING
+        self.decision = endpoint.decide(style, silence, self.turn_p, text, text_p)
         if self.decision.over:
             self._end_turn(now, self.decision.reason)
 
@@ -393,6 +406,7 @@ class Listener:
             self._hypothesis = hypothesis
             if self.phase is Phase.PAUSED:
                 self.on_event(hypothesis)
+                self._start_text_score(hypothesis.text)
                 self._consider(self.audio_ms)
 
         task.add_done_callback(done)
@@ -419,6 +433,26 @@ class Listener:
 
         task.add_done_callback(done)
 
+    def _start_text_score(self, text: str) -> None:
+        self.text_p = None
+        if self.text_turn is None or not text:
+            return
+        turn = self.turn
+        task = asyncio.ensure_future(self.text_turn.probability(text))
+        self._text_score = task
+
+        def done(t: asyncio.Task[float]) -> None:
+            if t.cancelled() or self._text_score is not t or self.turn != turn:
+                return
+            if t.exception() is not None:
+                logger.warning(log.kv(event="text_turn_failed", error=repr(t.exception())))
+                return
+            self.text_p = t.result()
+            if self.phase is Phase.PAUSED:
+                self._consider(self.audio_ms)
+
+        task.add_done_callback(done)
+
     def _cancel_decode(self) -> None:
         if self._decode is not None and not self._decode.done():
             self._decode.cancel()
@@ -427,9 +461,11 @@ class Listener:
 
     def _cancel_work(self) -> None:
         self._cancel_decode()
-        if self._score is not None and not self._score.done():
-            self._score.cancel()
+        for task in (self._score, self._text_score):
+            if task is not None and not task.done():
+                task.cancel()
         self._score = None
+        self._text_score = None
 
     # ---------------------------------------------------------- turn's end
     def _end_turn(self, now: float, reason: str) -> None:
@@ -441,12 +477,13 @@ class Listener:
             self._start_decode(end)
         decode = self._decode
         assert decode is not None
-        turn, turn_p = self.turn, self.turn_p
+        turn, turn_p, text_p = self.turn, self.turn_p, self.text_p
         audio_s = len(self._buf) / 2 / self.rate
         timeout = self.config.stt_timeout_s
         self._decode = None  # it belongs to the ending now: no reset cancels it
-        if self._score is not None and not self._score.done():
-            self._score.cancel()
+        for scoring in (self._score, self._text_score):
+            if scoring is not None and not scoring.done():
+                scoring.cancel()
         self._reset()
 
         async def finish() -> None:
@@ -466,7 +503,7 @@ class Listener:
                 logger.info(log.kv(event="no_words", audio_s=round(audio_s, 2)))
                 self.on_event(NoTurn(turn, "no words"))
                 return
-            self.on_event(TurnEnded(turn, transcript, end, now, reason, turn_p, audio_s))
+            self.on_event(TurnEnded(turn, transcript, end, now, reason, turn_p, audio_s, text_p))
 
         task = asyncio.ensure_future(finish())
         self._endings.add(task)
@@ -490,6 +527,8 @@ class Listener:
         self.started_ms = None
         self.last_voice_ms = None
         self.turn_p = None
+        self.text_p = None
+        self._text_score = None
         self.decision = None
         self._hypothesis = None
         del self._buf[: max(0, len(self._buf) - self._preroll_bytes)]

@@ -277,7 +277,7 @@ class LocalLLM:
         try:
             for inst in insts:
                 await loop.run_in_executor(
-                    self.executor(), _evaluate, inst.model, render_chatml(messages, False)
+                    self.executor(), _evaluate, inst.model, render_chatml(messages, False), False
                 )
         finally:
             for inst in insts:
@@ -296,9 +296,10 @@ class LocalLLM:
             session.close()
 
 
-def _evaluate(model: Any, prompt: str) -> int:
+def _evaluate(model: Any, prompt: str, logits: bool = True) -> int:
     """Bring ``model``'s context to ``prompt`` (reusing the cached prefix);
-    returns how many tokens had to be evaluated."""
+    returns how many tokens had to be evaluated. ``logits=False``: only the
+    prompt must be cached (a warm-up); more cached after it may stay."""
     tokens = model.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
     n = 0
     for a, b in zip(model._input_ids[: model.n_tokens], tokens, strict=False):
@@ -307,6 +308,8 @@ def _evaluate(model: Any, prompt: str) -> int:
         n += 1
     if n == len(tokens) and model.n_tokens == n and not model._requires_eval:
         return 0  # exactly this prompt is evaluated, its logits are current
+    if n == len(tokens) and not logits:
+        return 0
     if n == len(tokens):
         n -= 1  # replay the last token to make its logits current
     if n < model.n_tokens and (n <= 0 or not model._ctx.kv_cache_seq_rm(-1, n, -1)):
@@ -333,7 +336,7 @@ class LocalSession:
         loop = asyncio.get_running_loop()
         inst = await loop.run_in_executor(self.llm.executor(), self._instance)
         await loop.run_in_executor(
-            self.llm.executor(), _evaluate, inst.model, render_chatml(messages, False)
+            self.llm.executor(), _evaluate, inst.model, render_chatml(messages, False), False
         )
 
     def close(self) -> None:

@@ -14,8 +14,9 @@ VOICE_NAMES = (
     "server), or several separated by commas"
 )
 STT_NAMES = (
-    "'whisper' (faster-whisper, offline), 'openai:<model>' (an OpenAI-compatible "
-    "transcription server) or 'vosk-server:ws://HOST:PORT', or several separated by commas"
+    "'moonshine' (Moonshine base, offline), 'whisper' (faster-whisper, offline), "
+    "'openai:<model>' (an OpenAI-compatible transcription server) or "
+    "'vosk-server:ws://HOST:PORT', or several separated by commas"
 )
 
 
@@ -47,7 +48,7 @@ def check_voice_name(name: str) -> None:
 def check_stt_name(name: str) -> None:
     for part in name.split(","):
         part = part.strip()
-        if part == "whisper" or (part.startswith("openai:") and len(part) > 7):
+        if part in ("whisper", "moonshine") or (part.startswith("openai:") and len(part) > 7):
             continue
         if part.startswith(("vosk-server:ws://", "vosk-server:wss://")):
             continue
@@ -127,6 +128,12 @@ def make_stt(settings: Settings) -> Any:
             )
         elif part.startswith("vosk-server:"):
             providers.append(VoskServerSTT(part[12:]))
+        elif part == "moonshine":
+            from .moonshine import MoonshineSTT
+
+            providers.append(
+                MoonshineSTT(cache_dir=settings.state_dir / "models", threads=settings.stt_threads)
+            )
         else:
             providers.append(WhisperSTT(model_dir=settings.stt_model_dir))
     return FallbackSTT(providers, timeout_s=settings.stt_timeout_s)
@@ -139,13 +146,23 @@ def make_turn_model() -> Any:
     return SmartTurn()
 
 
-async def warm_up(llm: Any, stt: Any, tools: bool, turn_model: Any = None) -> None:
+def make_text_turn_model() -> Any:
+    """The end-of-turn probability of the caller's words (the embedded SmolLM2)."""
+    from .eou import TranscriptTurn
+
+    return TranscriptTurn()
+
+
+async def warm_up(
+    llm: Any, stt: Any, tools: bool, turn_model: Any = None, text_turn: Any = None
+) -> None:
     import asyncio
 
     from .vad import VADStream
 
-    if turn_model is not None:
-        await turn_model.load()
+    for model in (turn_model, text_turn):
+        if model is not None:
+            await model.load()
 
     # the VAD's ONNX session loads and runs its first inference in ~0.3 s:
     # not on the event loop while the first caller's audio (and every other
