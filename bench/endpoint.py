@@ -11,8 +11,9 @@ pause mid-sentence (the caller then goes on after 300-900 ms):
   does mid-sentence.
 
 For each turn the cues are computed as the listener computes them when the
-caller pauses (60 ms into the silence): the voice model's probability, the
-recogniser's transcript, and the words' end-of-turn probability. Then the
+caller pauses: the audio is the one a Listener (real VAD) hands its models
+at that moment, and on it the voice model's probability, the recogniser's
+transcript, and the words' end-of-turn probability. Then the
 endpoint rule of each style is played over the silence in 20 ms steps, with
 each cue arriving when it would (the recogniser's measured decode time,
 30 ms for the words' probability, 35 ms for the voice model): the silence at
@@ -61,6 +62,26 @@ CALLER = [
     "Yeah, I think | that's all for today.",
     "My phone number is five five five, | one two three four.",
     "I ordered it on | Monday morning.",
+    "I'm looking for | a garden hose.",
+    "Do you have any | paint brushes?",
+    "My account number is | three one nine.",
+    "Can I pick it up | tomorrow morning?",
+    "I want to return | this drill.",
+    "What time does the store | close on Friday?",
+    "I'm not sure if | you have it.",
+    "The order was | supposed to arrive yesterday.",
+    "I was told that | it would be ready today.",
+    "Could I get | a refund?",
+    "How much would it | cost to deliver?",
+    "Is there a way to | change my order?",
+    "I'd like to know | your opening hours.",
+    "We're building | a fence in the back yard.",
+    "It's for | my garden.",
+    "The drill I bought | doesn't work.",
+    "Hi, um, | I have a question.",
+    "Can you tell me | if it's in stock?",
+    "I think the part number is | seven seven two.",
+    "I need it | by Thursday.",
 ]
 CALLER_COMPLETE = [
     "What time do you open on Saturday?",
@@ -75,6 +96,14 @@ CALLER_COMPLETE = [
     "That's all, thanks.",
     "I need to speak to a person.",
     "Do you cut keys?",
+    "Thank you so much.",
+    "Okay.",
+    "That's it.",
+    "Perfect, thanks.",
+    "Can you repeat that?",
+    "Hello?",
+    "Do you have it in blue?",
+    "I'll come by tomorrow.",
 ]
 
 
@@ -89,6 +118,11 @@ class Turn:
 
 
 async def caller_turns() -> list[Turn]:
+    """The caller-like set. A cut sentence is spoken with a comma at the bar
+    (piper pauses there with the voice held up, as a caller who hesitates
+    does) and cut inside that pause, so the head ends in silence, never in
+    the first sound of the next word; a cut whose head does not read back
+    as the words before the bar is dropped."""
     from tests.phone import phone_channel
     from voiceos_switch.providers.stt import WhisperSTT
     from voiceos_switch.providers.tts.piper import PiperTTS
@@ -100,17 +134,55 @@ async def caller_turns() -> list[Turn]:
         pcm = phone_channel(await tts.synthesize(text, RATE))
         turns.append(Turn("caller", "complete", text, _trim(pcm)))
     for marked in CALLER:
-        head, tail = (p.strip() for p in marked.split("|"))
-        whole = f"{head} {tail}"
-        pcm = phone_channel(await tts.synthesize(whole, RATE))
+        head, tail = (p.strip().rstrip(",") for p in marked.split("|"))
+        pcm = phone_channel(await tts.synthesize(f"{head}, {tail}", RATE))
         words = (await stt.transcribe(pcm, RATE)).words
         n = len(head.split())
         if len(words) <= n:
             continue
-        cut = (words[n - 1].end + words[n].start) / 2
-        turns.append(Turn("caller", "cut", marked, _trim(pcm[: int(cut * RATE) * 2]), "caller"))
-        turns.append(Turn("caller", "complete", whole, _trim(pcm)))
+        boundary = (words[n - 1].end + words[n].start) / 2
+        gap = _quiet_run_near(pcm, boundary)
+        if gap is None:
+            continue
+        cut = pcm[: gap * 2]
+        heard = (await stt.transcribe(cut, RATE)).text
+        if _words(heard)[-1:] != _words(head)[-1:]:
+            print(f"[endpoint] dropped cut {marked!r}: head heard as {heard!r}", file=sys.stderr)
+            continue
+        turns.append(Turn("caller", "cut", marked, _trim(cut), "caller"))
+        whole = phone_channel(await tts.synthesize(f"{head} {tail}", RATE))
+        turns.append(Turn("caller", "complete", f"{head} {tail}", _trim(whole)))
     return turns
+
+
+def _words(text: str) -> list[str]:
+    from tests.textcheck import normalise
+
+    return normalise(text)
+
+
+def _quiet_run_near(pcm: bytes, at_s: float, min_ms: int = 40) -> int | None:
+    """Sample index 10 ms into the quiet run (below -50 dB, at least
+    ``min_ms``) whose end is nearest to ``at_s`` (the recogniser's word
+    boundary, which tends to fall where the next word begins)."""
+    from voiceos_switch.audio.levels import level_db
+
+    step = RATE // 100  # 10 ms
+    quiet = [level_db(pcm[i * 2 : (i + step) * 2]) < -50 for i in range(0, len(pcm) // 2, step)]
+    runs, start = [], None
+    for i, q in enumerate([*quiet, False]):
+        if q and start is None:
+            start = i
+        elif not q and start is not None:
+            if (i - start) * 10 >= min_ms:
+                runs.append((start, i))
+            start = None
+    if not runs:
+        return None
+    first, end = min(runs, key=lambda r: abs(r[1] * 0.01 - at_s))
+    if abs(end * 0.01 - at_s) > 0.35:
+        return None
+    return (first + 1) * step
 
 
 def real_turns(root: Path, per_prompt: int) -> list[Turn]:
@@ -130,8 +202,65 @@ def _trim(pcm: bytes) -> bytes:
     return pcm[: (int(loud[-1]) + 1) * 2] if len(loud) else pcm
 
 
-async def compute_cues(turns: list[Turn], stt: Any) -> None:
+class _Keep:
+    """Stands in for the recogniser and the voice model inside a Listener:
+    keeps the audio it is given (what the real ones would be given)."""
+
+    name = "keep"
+
+    def __init__(self) -> None:
+        self.audio: list[bytes] = []
+        self.listener: Any = None
+        self.at: list[float] = []
+
+    async def transcribe(self, pcm: bytes, sample_rate: int, final: bool = True) -> Any:
+        from voiceos_switch.providers.stt import Transcript
+
+        self.audio.append(pcm)
+        await asyncio.sleep(3600)
+        return Transcript("")
+
+    async def probability(self, pcm: bytes, sample_rate: int) -> float:
+        await asyncio.sleep(3600)
+        return 0.0
+
+
+async def listener_view(pcm: bytes) -> tuple[bytes, float]:
+    """What the listener hands its models when this turn's caller pauses:
+    the audio, and how long after the voice's last sound it paused (ms)."""
     from voiceos_switch.audio.pcm import silence
+    from voiceos_switch.conversation.listener import Listener
+    from voiceos_switch.providers.vad import VADStream
+
+    keep = _Keep()
+
+    class Watched(Listener):
+        def _start_decode(self, end_ms: float, force: bool = False) -> None:
+            keep.at.append(self.audio_ms)  # when the pause was called, in stream time
+            super()._start_decode(end_ms, force)
+
+    listener = Watched(
+        RATE, vad=VADStream(RATE), stt=keep, turn_model=keep, on_event=lambda e: None
+    )
+    audio = bytes(RATE // 5 * 2) + pcm + silence(RATE, 1000)
+    end_ms = (RATE // 5 + len(pcm) // 2) * 1000 / RATE
+    found: tuple[bytes, float] | None = None
+    for i in range(0, len(audio), 320):
+        await listener.feed(audio[i : i + 320])
+        # the pause after the end (earlier ones were gaps between words)
+        await asyncio.sleep(0)
+        after = [(a, at) for a, at in zip(keep.audio, keep.at, strict=False) if at > end_ms]
+        if after:
+            found = after[0]
+            break
+    for task in listener.close():
+        task.cancel()
+    if found is None:
+        return pcm + silence(RATE, PAUSE_DETECT_MS), float(PAUSE_DETECT_MS)
+    return found[0], found[1] - end_ms
+
+
+async def compute_cues(turns: list[Turn], stt: Any) -> None:
     from voiceos_switch.conversation.endpoint import looks_unfinished
     from voiceos_switch.providers.eou import TranscriptTurn
     from voiceos_switch.providers.turn import SmartTurn
@@ -141,7 +270,7 @@ async def compute_cues(turns: list[Turn], stt: Any) -> None:
     words = TranscriptTurn()
     await words.load()
     for i, t in enumerate(turns):
-        audio = t.pcm + silence(RATE, PAUSE_DETECT_MS)
+        audio, pause_ms = await listener_view(t.pcm)
         t0 = time.perf_counter()
         transcript = await stt.transcribe(audio, RATE)
         stt_ms = (time.perf_counter() - t0) * 1000
@@ -150,6 +279,7 @@ async def compute_cues(turns: list[Turn], stt: Any) -> None:
         t2 = time.perf_counter()
         turn_p = await voice.probability(audio, RATE)
         t.cues = {
+            "pause_ms": round(pause_ms, 1),
             "text": transcript.text,
             "stt_ms": round(stt_ms, 1),
             "text_p": round(text_p, 4),
@@ -165,10 +295,11 @@ def endpoint_delay(cues: dict[str, Any], style: Any) -> float:
     """The silence (ms) at which this style declares the turn over."""
     from voiceos_switch.conversation.endpoint import PENDING, decide
 
-    text_at = PAUSE_DETECT_MS + cues["stt_ms"]
+    pause = cues.get("pause_ms", PAUSE_DETECT_MS)
+    text_at = pause + cues["stt_ms"]
     text_p_at = text_at + 30
-    turn_at = PAUSE_DETECT_MS + 35
-    silence = float(PAUSE_DETECT_MS)
+    turn_at = pause + 35
+    silence = float(pause)
     while silence < 5000:
         text = cues["text"] if silence >= text_at else None
         text_p = cues["text_p"] if silence >= text_p_at else (PENDING if text else None)
@@ -177,6 +308,74 @@ def endpoint_delay(cues: dict[str, Any], style: Any) -> float:
             return silence
         silence += 20
     return silence
+
+
+# ----------------------------------------------------------------- fitting
+def _features(cues: dict[str, Any]) -> list[float]:
+    from voiceos_switch.conversation.endpoint import features
+
+    return features(cues["turn_p"], cues["text"], cues["text_p"])
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> np.ndarray:
+    """L2-regularised logistic regression by Newton's method (bias unpenalised)."""
+    w = np.zeros(x.shape[1])
+    penalty = np.r_[0.0, np.ones(x.shape[1] - 1)] * l2
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-x @ w))
+        grad = x.T @ (p - y) + penalty * w
+        hess = (x.T * (p * (1 - p))) @ x + np.diag(penalty)
+        w -= np.linalg.solve(hess, grad)
+    return w
+
+
+def fit(samples: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """Fit the cue weights on every turn, pick each style's thresholds on
+    cross-validated scores, and write them where the endpointer reads them."""
+    from voiceos_switch.conversation.endpoint import FEATURES
+
+    x = np.array([[1.0, *_features(s)] for s in samples])
+    y = np.array([1.0 if s["kind"] == "complete" else 0.0 for s in samples])
+    w = _logistic(x, y)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    cv = np.zeros(len(y))
+    for fold in np.array_split(order, 5):
+        train = np.setdiff1d(order, fold)
+        cv[fold] = 1 / (1 + np.exp(-x[fold] @ _logistic(x[train], y[train])))
+    caller = np.array([s["source"] == "caller" for s in samples])
+    # each style: the lowest "finished" threshold whose fast endings cut off
+    # no more than its share of the caller-like cut turns
+    allowed = {"patient": 0.0, "balanced": 0.05, "snappy": 0.1}
+    styles = {}
+    for name, share in allowed.items():
+        for hi in np.arange(0.5, 0.99, 0.01):
+            cut_fast = float(np.mean(cv[caller & (y == 0)] >= hi))
+            if cut_fast <= share:
+                break
+        lo = 0.2
+        styles[name] = {
+            "finished_p": round(float(hi), 2),
+            "unfinished_p": lo,
+            "complete_turns_fast": round(float(np.mean(cv[caller & (y == 1)] >= hi)), 3),
+            "cut_turns_fast": round(float(np.mean(cv[caller & (y == 0)] >= hi)), 3),
+        }
+    result = {
+        "features": FEATURES,
+        "weights": [round(float(v), 4) for v in w],
+        "turns": {"complete": int(y.sum()), "cut": int((1 - y).sum())},
+        "auc_cross_validated": round(_auc(cv, y), 3),
+        "auc_words_alone": round(_auc(x[:, 2], y), 3),
+        "auc_voice_alone": round(_auc(x[:, 1], y), 3),
+        "styles": styles,
+    }
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _auc(score: np.ndarray, y: np.ndarray) -> float:
+    pos, neg = score[y == 1], score[y == 0]
+    return float(np.mean(pos[:, None] > neg[None, :]) + 0.5 * np.mean(pos[:, None] == neg[None, :]))
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -244,7 +443,17 @@ def main() -> None:
     ap.add_argument("--no-real", action="store_true", help="only the caller-like sentences")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--from-json", type=Path, help="re-score saved cues (after a rule change)")
+    ap.add_argument(
+        "--fit",
+        type=Path,
+        help="fit the cue weights and style thresholds on the cues and write them here "
+        "(the shipped ones: voiceos_switch/conversation/endpoint_weights.json)",
+    )
     args = ap.parse_args()
+    if args.fit and args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        print(json.dumps(fit(saved["samples"], args.fit), indent=2))
+        return
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
         turns = [

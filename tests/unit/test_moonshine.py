@@ -413,3 +413,26 @@ def test_a_model_directory_that_is_not_a_merged_decoder_is_refused(
         (tmp_path / name).symlink_to(target / moonshine.ENCODER)
     with pytest.raises(ValueError, match="merged decoder"):
         MoonshineModel(tmp_path)
+
+
+def test_a_loop_at_the_end_is_cut_but_a_run_of_digits_is_not() -> None:
+    from voiceos_switch.providers.moonshine import _trim_repeats
+
+    looped = "My order number is my order number is my order".split()
+    kept, _ = _trim_repeats(
+        list(range(len(looped))), [1.0] * len(looped), [w.lower() for w in looped]
+    )
+    assert [looped[i] for i in kept] == "My order number is".split()
+    digits = "5 5 5 5 5 5 5".split()
+    kept, _ = _trim_repeats(list(range(7)), [1.0] * 7, digits)
+    assert len(kept) == 7
+
+
+async def test_a_caller_who_pauses_mid_sentence_is_heard_once(stt: MoonshineSTT) -> None:
+    """Decoded in the pause (as the listener does), a half sentence comes
+    back as itself: not looped, not finished with invented words."""
+    pcm = phone_channel(await PiperTTS(steady=True).synthesize("My order number is,", 8000))
+    loud = np.flatnonzero(np.abs(np.frombuffer(pcm, dtype="<i2")) > 500)
+    head = pcm[: (int(loud[-1]) + 1) * 2] + bytes(8000 * 2 // 1000 * 60)  # 60 ms of pause
+    text = (await stt.transcribe(head, 8000)).text
+    assert wer("my order number is", text)[0] <= 1, text

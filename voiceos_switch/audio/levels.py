@@ -36,13 +36,18 @@ class NoiseFloor:
     noisier is followed within seconds.
     """
 
-    def __init__(self, initial_db: float = -60.0, rise_db_per_frame: float = 0.06) -> None:
+    def __init__(
+        self, initial_db: float = -60.0, rise_db_per_frame: float = 0.06, lowest_db: float = -70.0
+    ) -> None:
         self.db = initial_db
         self.rise = rise_db_per_frame
+        #: a line of digital silence still counts as this noisy: a breath at
+        #: -60 dB is not a voice just because the line was silent before it
+        self.lowest = lowest_db
 
     def update(self, frame_db: float) -> float:
         if frame_db < self.db:
-            self.db = max(FLOOR_DB, frame_db)
+            self.db = max(self.lowest, frame_db)
         else:
             self.db = min(frame_db, self.db + self.rise)
         return self.db

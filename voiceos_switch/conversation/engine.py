@@ -273,6 +273,7 @@ class Conversation:
         self._reply: _Reply | None = None  # confirmed, being made or played
         self._barge: _BargeIn | None = None
         self._last_caller_turn: Turn | None = None
+        self._answered: _Reply | None = None  # the last turn's reply, heard or not
         self._context_seen = 0
         self._inbound: collections.deque[MediaEvent] = collections.deque()
         self._room = asyncio.Event()
@@ -451,6 +452,16 @@ class Conversation:
     def _on_listener(self, event: ListenerEvent) -> None:
         if self._ended:
             return
+        logger.debug(
+            log.kv(
+                event="listener",
+                what=type(event).__name__,
+                turn=getattr(event, "turn", self.listener.turn),
+                audio_ms=round(self.listener.audio_ms),
+                text=getattr(event, "text", ""),
+                speaking=self.speaking.state.value if self.speaking else "-",
+            )
+        )
         if isinstance(event, VoiceCue | SpeechStarted):
             self._caller_voice(event)
         elif isinstance(event, CueDropped):
@@ -637,17 +648,22 @@ class Conversation:
         if previous is not None and previous.handle is not reply.handle:
             previous.handle.interrupt()  # the caller spoke again before it was heard
         self._reply = reply
+        self._answered = reply
         self._confirm(reply)
 
     def _merge_unanswered(self, ended: TurnEnded) -> str | None:
         """The caller spoke again before a word of the reply to their last
-        turn was heard (they had paused, not finished): the two are one turn.
+        turn was heard (they had paused, not finished; at most a syllable of
+        the reply went out before it stopped): the two are one turn.
         Returns the whole turn's text, or None when there is nothing to merge."""
-        last = self._reply
-        if last is None or last.handle.first_frame_at is not None or last.turn == ended.turn:
+        last = self._answered
+        if last is None or last.turn == ended.turn or last.handle.heard_text:
             return None
+        if any(h.heard_text for h in self._all_handles() if h is not last.handle):
+            return None  # the agent said something else in between
         last.handle.cancel()
-        self._reply = None
+        if self._reply is last:
+            self._reply = None
         for i in range(len(self.history) - 1, -1, -1):
             if self.history[i].get("role") == "user":
                 if self.history[i].get("content") in (last.user_content, last.text):
@@ -655,7 +671,15 @@ class Conversation:
                 break
         if last.metrics in self.metrics:
             self.metrics.remove(last.metrics)
-        logger.info(log.kv(event="turns_merged", first=last.text, then=ended.text))
+        logger.info(
+            log.kv(
+                event="turns_merged",
+                first=last.text,
+                then=ended.text,
+                heard=round(last.handle.heard_fraction, 3),
+                state=last.handle.state.value,
+            )
+        )
         return f"{last.text} {ended.text}"
 
     def _confirm(self, reply: _Reply) -> None:

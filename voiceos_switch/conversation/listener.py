@@ -40,6 +40,8 @@ from .endpoint import Decision, TurnStyle
 logger = log.get(__name__)
 
 FRAME_MS = 20
+#: how fast the tracked speaking level falls while the caller speaks (dB a frame)
+SPEECH_LEVEL_DECAY_DB = 0.05
 
 
 class STTLike(Protocol):
@@ -149,6 +151,8 @@ class ListenerConfig:
     cue_margin_db: float = 9.0
     #: a frame this far over the noise floor is voice whatever webrtcvad says
     loud_margin_db: float = 18.0
+    #: a frame this far under the caller's speaking level is not voice
+    tail_db: float = 35.0
     #: quiet after a voice before the listener calls it a pause (and decodes)
     pause_ms: int = 60
     #: frames of voice that end a pause (the caller goes on)
@@ -203,6 +207,7 @@ class Listener:
         self._max_bytes = int(self.config.max_utterance_s * rate) * 2
         self._preroll_bytes = rate * self.config.preroll_ms // 1000 * 2
         self._voice_run = 0
+        self._speech_db = -96.0  # the caller's speaking level, tracked
         self._cue_at: float | None = None
         self._cue_level = -96.0
         self.speech_ms = 0.0
@@ -252,7 +257,14 @@ class Listener:
         voice = (webrtc and over >= cfg.cue_margin_db) or db - floor >= cfg.loud_margin_db
         if voice and echo_db > floor and over < cfg.cue_margin_db:
             voice = False  # as loud as the agent's own echo could be
-        if not voice:
+        if voice and db < self._speech_db - cfg.tail_db:
+            # far below how loud this caller speaks: the fading tail of their
+            # last syllable (on a clean line it stays over the noise floor
+            # for a hundred milliseconds after the voice ended), a breath
+            voice = False
+        if voice:
+            self._speech_db = max(db, self._speech_db - SPEECH_LEVEL_DECAY_DB)
+        else:
             self.noise.update(db)
         self._voice_run = self._voice_run + 1 if voice else 0
         self._keep(frame)
@@ -264,7 +276,13 @@ class Listener:
         if self.phase is Phase.QUIET:
             if self._voice_run >= cfg.cue_frames:
                 self._start_cue(now, db)
-            elif self._silero_speech and db - floor >= cfg.cue_margin_db / 2:
+            elif (
+                self._silero_speech
+                and db - floor >= cfg.cue_margin_db
+                and db >= self._speech_db - cfg.tail_db
+            ):
+                # a soft voice webrtcvad missed (not the neural VAD's lag
+                # after the last turn: the frame must be audible itself)
                 self._start_cue(now, db)
                 self._confirm(now)
         elif self.phase is Phase.CUE:
@@ -276,7 +294,8 @@ class Listener:
             elif self._cue_at is not None and now - self._cue_at > cfg.cue_confirm_ms:
                 self._drop_cue(now)
         elif self.phase is Phase.SPEAKING:
-            if voice or (self._silero_speech and db - floor >= cfg.cue_margin_db):
+            audible = db >= self._speech_db - cfg.tail_db
+            if voice or (self._silero_speech and db - floor >= cfg.cue_margin_db and audible):
                 self.last_voice_ms = now
                 self.speech_ms += FRAME_MS
             if self._utterance_full():

@@ -59,6 +59,10 @@ TOKENS_PER_SECOND = 7.0
 #: a hyphen or comma left hanging before the end ("427-?"): a dropped tail's
 _DANGLING = re.compile(r"[\s,\-\u2013]+([.?!]?)$")
 
+#: more tokens than this per second of audio is more than anyone says (a
+#: fast talker: about 4): the decoder is going round in a loop
+LOOPING_TOKENS_PER_SECOND = 5.0
+
 #: a token this unlikely, among others like it at the end, was invented
 UNSURE = 0.4
 #: ... and a run of them averaging under this was invented too
@@ -408,6 +412,11 @@ class MoonshineModel:
                 # step only; later steps return empty placeholders for them
                 if step == 0 or ".decoder." in name:
                     feeds[name.replace("present.", "past_key_values.", 1)] = value
+        seconds = len(audio) / MODEL_RATE
+        if not ended or len(tokens) > LOOPING_TOKENS_PER_SECOND * max(seconds, 0.5):
+            # more words than the audio can hold: the model went round again
+            keys = [self.tokenizer.decode([t]).strip().lower() for t in tokens]
+            tokens, probabilities = _trim_repeats(tokens, probabilities, keys)
         tokens, probabilities = self._trim_unsure_tail(tokens, probabilities)
         return Decoded(
             text=self.tokenizer.decode(tokens),
@@ -440,6 +449,29 @@ class MoonshineModel:
                 keep = tokens[:start] + tokens[end:]
                 return keep, probabilities[:start] + probabilities[end:]
         return tokens, probabilities
+
+
+def _trim_repeats(
+    tokens: list[int], probabilities: list[float], keys: list[str], shortest: int = 3
+) -> tuple[list[int], list[float]]:
+    """Cut a loop at the end: on some pauses the model, done with the words,
+    starts over and says them again ("my order number is my order number
+    is my order..."). Where the tokens repeat with a period of ``shortest``
+    tokens or more, for at least one whole period, through to the end, only
+    the first time is kept. (A run of one digit, "five five five five", has
+    a period of one and is left alone.) ``keys`` are the tokens as compared:
+    their text, lower case, so "My ..." and "my ..." repeat."""
+    n = len(tokens)
+    best = n
+    for period in range(shortest, n // 2 + 1):
+        j = n
+        while j - 1 - period >= 0 and keys[j - 1] == keys[j - 1 - period]:
+            j -= 1
+        if len(set(keys[j - period : j])) < 2:
+            continue  # one token over and over: a run of digits, "no no no"
+        if n - j >= period and j < best:
+            best = j
+    return tokens[:best], probabilities[:best]
 
 
 def windows(audio: Audio, longest_s: float = MAX_WINDOW_S) -> list[Audio]:
