@@ -1,10 +1,12 @@
 """Conversation latency on the embedded models, over a real AudioSocket connection.
 
-A scripted caller (piper voice through a telephone channel, 20 ms frames in
-real time) talks to the agent (Whisper tiny.en, SmolLM2-135M, espeak-ng) on
+A scripted caller (piper's voice, 20 ms frames in real time) talks to the
+demo shop agent on its embedded defaults (Moonshine base, Smart Turn v3.2 and
+the words' end-of-turn check, SmolLM2-135M, the shop's facts, espeak-ng) on
 loopback. Measured on the caller's side of the wire:
 
-- response: end of the caller's speech -> first audible agent frame received;
+- response: end of the caller's speech (its last voiced frame, not the
+  synthesiser's trailing silence) -> first audible agent frame received;
 - barge-in: the caller's voice starting over the agent -> the agent's last
   audible frame before it went quiet;
 - backchannels ("uh-huh", "okay") said over the agent: how many stopped it;
@@ -13,7 +15,7 @@ loopback. Measured on the caller's side of the wire:
 The per-stage breakdown comes from the agent's own latency marks (relative
 to the end of speech as its VAD saw it).
 
-    .venv/bin/python bench/latency.py --turns 20
+    .venv/bin/python bench/latency.py --turns 40
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ QUESTIONS = [
     "Can you check on my order number four two seven?",
     "Are you open on Sunday?",
     "Do you have garden supplies?",
+    "Hi, how are you doing today?",  # no fact: the model answers
 ]
 LONG_QUESTION = "Tell me about everything you sell."
 INTERRUPTION = "Sorry, one more thing. Do you close at six?"
@@ -80,6 +83,10 @@ async def run(turns: int, interrupt_every: int, backchannel_every: int) -> dict[
         for k, v in m.as_ms().items():
             if v is not None:
                 stages.setdefault(k, []).append(v)
+    answered_by = [m.answer for m in conv.metrics]
+    reasons = [m.endpoint_reason for m in conv.metrics]
+    llm = conv.llm.providers[0] if hasattr(conv.llm, "providers") else conv.llm
+    first_tokens = getattr(llm, "first_token_s", [])
     backchannels = [t for t in result.turns if t.backchannel]
     # a backchannel that stopped the agent became a caller turn of its own
     heard = [t.text.lower().strip(" .!") for t in conv.call.transcript if t.role == "caller"]
@@ -100,12 +107,37 @@ async def run(turns: int, interrupt_every: int, backchannel_every: int) -> dict[
         "ignored_barge_ins": conv.false_barge_ins,
         "stuck": sum(1 for t in answered if t.first_agent_audio is None),
         "tool_calls": sum(len(m.tool_calls) for m in conv.metrics),
+        "answered_by": {k: answered_by.count(k) for k in sorted(set(answered_by))},
+        "endpoint_reasons": {k: reasons.count(k) for k in sorted(set(reasons))},
+        "llm_first_token_ms": _first_tokens(first_tokens),
+        "per_turn": [
+            {"said": t.said, "response_ms": t.response_ms, "barge_in_ms": t.barge_in_ms}
+            for t in result.turns
+        ],
+        "agent_marks": [
+            {"heard": m.caller_text, "answer": m.answer, "reason": m.endpoint_reason, **m.as_ms()}
+            for m in conv.metrics
+        ],
+    }
+
+
+def _first_tokens(samples: list[tuple[int, float]]) -> dict[str, Any]:
+    """The local model's first token, by how much of the prompt was new: a
+    prompt that extends the call's evaluated one costs only its new tokens."""
+    warm = [s * 1000 for n, s in samples if n <= 60]
+    cold = [s * 1000 for n, s in samples if n > 60]
+    return {
+        "warm_p50": pct(warm, 0.5),
+        "warm_n": len(warm),
+        "warm_new_tokens_p50": pct([float(n) for n, _ in samples if n <= 60], 0.5),
+        "cold_p50": pct(cold, 0.5),
+        "cold_n": len(cold),
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--turns", type=int, default=20)
+    ap.add_argument("--turns", type=int, default=40)
     ap.add_argument("--interrupt-every", type=int, default=4)
     ap.add_argument("--backchannel-every", type=int, default=5)
     ap.add_argument("--json", type=Path)

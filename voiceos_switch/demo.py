@@ -31,17 +31,26 @@ SILENCE = bytes(FRAME_BYTES)
 
 STORE_PROMPT = "You are a friendly phone agent for Acme Hardware, a hardware store."
 
-#: what the agent knows, as data: it says these, it does not paraphrase them
-STORE_FACTS = [
-    "We are open from nine in the morning to six in the evening, Monday to Saturday.",
-    "We are closed on Sundays.",
-    "We sell tools, paint, garden supplies and hardware.",
-    "You can return anything within thirty days with your receipt.",
-    "Delivery is free on orders over fifty dollars.",
-    "We are at twelve Main Street, next to the post office.",
-    "Parking is free behind the store.",
-    "We cut keys while you wait, for three dollars a key.",
-]
+#: what the agent knows, as data: the questions each fact answers, and the
+#: answer, which it says as written (it does not paraphrase it)
+STORE_FACTS = {
+    "When are you open? What are your hours? When do you close?": (
+        "We are open from nine in the morning to six in the evening, Monday to Saturday, "
+        "and we are closed on Sundays."
+    ),
+    "What do you sell? Do you have tools? Do you carry paint?": (
+        "We sell tools, paint, garden supplies and hardware."
+    ),
+    "Can I return something? What is your return policy?": (
+        "You can return anything within thirty days with your receipt."
+    ),
+    "Do you deliver? How much is delivery?": "Delivery is free on orders over fifty dollars.",
+    "Where are you? What is your address? How do I find the store?": (
+        "The store is at twelve Main Street, next to the post office."
+    ),
+    "Where can I park? Is there parking?": "Parking is free behind the store.",
+    "Do you cut keys? How much is a key?": "We cut keys while you wait, for three dollars a key.",
+}
 
 
 @tool(read_only=True)
@@ -63,7 +72,9 @@ def lookup_order(order_number: str) -> dict[str, str]:
 
 
 def demo_agent(
-    settings: Settings | None = None, voice: str = "espeak", facts: list[str] | None = None
+    settings: Settings | None = None,
+    voice: str = "espeak",
+    facts: dict[str, str] | list[str] | None = None,
 ) -> Agent:
     return Agent(
         model="local",

@@ -72,7 +72,8 @@ EVERYTHING = (
 
 
 def conversation_agent(settings: Settings, outcome: Outcome) -> Agent:
-    facts = [f for f in STORE_FACTS if not f.startswith("We sell")] + [EVERYTHING]
+    facts = {q: a for q, a in STORE_FACTS.items() if not a.startswith("We sell")}
+    facts["What do you sell? Do you have tools? Do you carry paint?"] = EVERYTHING
     agent = demo_agent(settings, voice="piper", facts=facts)
 
     @agent.on("transcript")

@@ -32,10 +32,11 @@ FactsArg = Sequence[str] | Mapping[str, str]
 
 @dataclass(frozen=True)
 class Fact:
-    """``match`` is what the caller's words are compared with; ``answer`` is
-    what the agent says (the statement itself, or a question's answer)."""
+    """``matches`` are what the caller's words are compared with (the
+    statement itself, or the questions it answers and the answer); ``answer``
+    is what the agent says."""
 
-    match: str
+    matches: tuple[str, ...]
     answer: str
 
 
@@ -48,15 +49,24 @@ class Match:
 
 
 def facts_from(value: FactsArg | None) -> list[Fact]:
+    """Facts from what the SDK takes: sentences to say, or a mapping from the
+    questions a fact answers ("When are you open? What are your hours?",
+    several in one key) to its answer."""
     if value is None:
         return []
     if isinstance(value, Mapping):
-        return [Fact(f"{q} {a}", a) for q, a in value.items()]
+        by_answer: dict[str, list[str]] = {}
+        for questions, answer in value.items():
+            if not isinstance(answer, str) or not answer.strip():
+                raise ValueError(f"the answer to {questions!r} must be a sentence")
+            asked = [q.strip() + "?" for q in str(questions).split("?") if q.strip()]
+            by_answer.setdefault(answer.strip(), []).extend(asked)
+        return [Fact((*qs, a), a) for a, qs in by_answer.items()]
     out = []
     for item in value:
         if not isinstance(item, str) or not item.strip():
             raise ValueError("facts must be sentences (str) or a mapping of question to answer")
-        out.append(Fact(item.strip(), item.strip()))
+        out.append(Fact((item.strip(),), item.strip()))
     return out
 
 
@@ -84,7 +94,9 @@ class Knowledge:
         self.facts = facts
         self._encoder = encoder
         self._vectors: np.ndarray | None = None
-        self._words = [_words(f.match) for f in facts]
+        #: which fact each compared text belongs to
+        self._owner = [i for i, f in enumerate(facts) for _ in f.matches]
+        self._words = [set().union(*(_words(m) for m in f.matches)) for f in facts]
         self.word_weight = word_weight
 
     def __bool__(self) -> bool:
@@ -106,7 +118,7 @@ class Knowledge:
 
     def load_blocking(self) -> None:
         if self._vectors is None and self.facts:
-            self._vectors = self._encode([f.match for f in self.facts])
+            self._vectors = self._encode([m for f in self.facts for m in f.matches])
 
     async def load(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self.executor(), self.load_blocking)
@@ -118,7 +130,10 @@ class Knowledge:
         assert self._vectors is not None
         query = self._encode([text])[0]
         said = _words(text)
-        scores = self._vectors @ query
+        each = self._vectors @ query
+        scores = np.full(len(self.facts), -1.0)
+        for k, owner in enumerate(self._owner):
+            scores[owner] = max(scores[owner], float(each[k]))
         scores = scores + self.word_weight * np.array(
             [min(2, len(said & w)) for w in self._words], dtype=np.float64
         )

@@ -56,6 +56,9 @@ QUANTISED_OPS = {ENCODER: ["MatMul"], DECODER: ["MatMul", "Gather"]}
 BOS, EOS = 1, 2
 #: Moonshine's own guidance is about six tokens a second of speech
 TOKENS_PER_SECOND = 7.0
+#: quote marks the model sometimes puts around a whole turn ("'Do you ...?'")
+_QUOTES = "\"'\u201c\u201d\u2018\u2019"
+
 #: a hyphen or comma left hanging before the end ("427-?"): a dropped tail's
 _DANGLING = re.compile(r"[\s,\-\u2013]+([.?!]?)$")
 
@@ -573,7 +576,7 @@ class MoonshineSTT:
         probabilities = [p for part in parts for p in part.probabilities]
         text = " ".join(part.text for part in parts if part.text)
         return Transcript(
-            text=_DANGLING.sub(r"\1", text).strip(),
+            text=_DANGLING.sub(r"\1", text).strip().strip(_QUOTES).strip(),
             final=final,
             confidence=float(np.mean(probabilities)) if probabilities else 0.0,
             audio_s=audio_s,
