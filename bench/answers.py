@@ -97,6 +97,10 @@ def main() -> None:
     )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    from voiceos_switch import log
+    from voiceos_switch.settings import Settings
+
+    log.setup(Settings().log_level)  # VOICEOS_LOG_LEVEL=DEBUG shows every turn's cues
     report = asyncio.run(run(args.voice))
     for r in report["answers"]:
         print(f"{'RIGHT' if r['right'] else 'WRONG'}  {r['question']}\n        heard: {r['heard']}")

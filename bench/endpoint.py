@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from stats import pct  # bench/stats.py (scripts run from bench/)
 
 RATE = 8000
 PAUSE_DETECT_MS = 60
@@ -376,13 +377,6 @@ def fit(samples: list[dict[str, Any]], out: Path) -> dict[str, Any]:
 def _auc(score: np.ndarray, y: np.ndarray) -> float:
     pos, neg = score[y == 1], score[y == 0]
     return float(np.mean(pos[:, None] > neg[None, :]) + 0.5 * np.mean(pos[:, None] == neg[None, :]))
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    v = sorted(values)
-    return round(v[min(len(v) - 1, int(round(q * (len(v) - 1))))], 1)
 
 
 def report(turns: list[Turn]) -> dict[str, Any]:

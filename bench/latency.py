@@ -28,6 +28,8 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from stats import pct  # bench/stats.py (scripts run from bench/)
+
 QUESTIONS = [
     "What time do you open on Saturday?",
     "Do you sell paint?",
@@ -58,13 +60,6 @@ def build_script(turns: int, interrupt_every: int, backchannel_every: int) -> li
         else:
             script.append(Step(QUESTIONS[asked % len(QUESTIONS)]))
     return script
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    v = sorted(values)
-    return round(v[min(len(v) - 1, int(round(q * (len(v) - 1))))], 1)
 
 
 async def run(turns: int, interrupt_every: int, backchannel_every: int) -> dict[str, Any]:
@@ -142,6 +137,10 @@ def main() -> None:
     ap.add_argument("--backchannel-every", type=int, default=5)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    from voiceos_switch import log
+    from voiceos_switch.settings import Settings
+
+    log.setup(Settings().log_level)  # VOICEOS_LOG_LEVEL=DEBUG shows every turn's cues
     report = asyncio.run(run(args.turns, args.interrupt_every, args.backchannel_every))
     print(json.dumps(report, indent=2))
     if args.json:

@@ -31,6 +31,8 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from stats import pct  # bench/stats.py (scripts run from bench/)
+
 DELAY_S = 0.1
 ANSWER = "Sure, we can help with that today. Is there anything else you need?"
 QUESTIONS = [
@@ -171,18 +173,11 @@ async def run(turns: int, voice: str) -> dict[str, Any]:
     return {
         "turns": len(result.turns),
         "answered": len(responses),
-        "response_ms": {"p50": _pct(responses, 0.5), "p95": _pct(responses, 0.95)},
+        "response_ms": {"p50": pct(responses, 0.5), "p95": pct(responses, 0.95)},
         "stages_p50_ms": {k: round(median(v), 1) for k, v in stages.items()},
         "voice": voice,
         "service_delay_ms": DELAY_S * 1000,
     }
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    v = sorted(values)
-    return round(v[min(len(v) - 1, int(round(q * (len(v) - 1))))], 1)
 
 
 def main() -> None:
@@ -199,6 +194,10 @@ def main() -> None:
     ap.add_argument("--voice", default="piper")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    from voiceos_switch import log
+    from voiceos_switch.settings import Settings
+
+    log.setup(Settings().log_level)  # VOICEOS_LOG_LEVEL=DEBUG shows every turn's cues
     report = asyncio.run(run(args.turns, args.voice))
     print(json.dumps(report, indent=2))
     if args.json:

@@ -12,6 +12,12 @@ sends and what it hears. Everything is then read off those two recordings:
   last sound before it went quiet.
 
     .venv/bin/python bench/sip.py --questions 12
+
+With ``--pbx freeswitch`` the same carrier calls a FreeSWITCH on this
+machine instead (its ``voiceos`` profile on 127.0.0.1:5080, started with
+the shipped configuration and the same VOICEOS_STREAM_TOKEN and
+VOICEOS_ESL_PASSWORD as this process): the same caller, recordings and
+agent, so the two PBXs compare side by side. FreeSWITCH is not in CI.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from statistics import median
 from typing import Any
 
 import numpy as np
+from stats import pct  # bench/stats.py (scripts run from bench/)
 
 RATE = 8000
 FRAME = RATE // 50  # samples in 20 ms
@@ -67,7 +74,9 @@ def utterances(mask: np.ndarray, gap_frames: int = 15) -> list[tuple[int, int]]:
     return spans
 
 
-async def run(questions: int, interruptions: int, voice: str, wait_s: float) -> dict[str, Any]:
+async def run(
+    questions: int, interruptions: int, voice: str, wait_s: float, pbx: str = "asterisk"
+) -> dict[str, Any]:
     from voiceos_switch.demo import demo_agent
     from voiceos_switch.pbx.asterisk import LAB_DIR, AsteriskSandbox
     from voiceos_switch.pbx.labcall import place_call, read_wav_mono16, write_wav
@@ -97,12 +106,17 @@ async def run(questions: int, interruptions: int, voice: str, wait_s: float) -> 
         steps += [f"play:{clips[LONG]}", "wait:1.6", f"play:{clips[CUT_IN]}", f"wait:{wait_s:g}"]
         plan += ["long", "cut-in"]
     steps.append("hangup")
-    agent = demo_agent(Settings(), voice=voice)
+    settings = Settings()
+    if pbx == "freeswitch":
+        settings = settings.model_copy(
+            update={"freeswitch_stream": settings.freeswitch_stream or "127.0.0.1:9093"}
+        )
+    agent = demo_agent(settings, voice=voice)
     ready, stop = asyncio.Event(), asyncio.Event()
     server = asyncio.create_task(agent.run(ready=ready, stop=stop))
     await asyncio.wait_for(ready.wait(), 180)
     try:
-        result = await place_call("100", script="|".join(steps), timeout=600)
+        result = await place_call("100", script="|".join(steps), timeout=600, pbx=pbx)
     finally:
         stop.set()
         await asyncio.wait_for(server, 60)
@@ -137,22 +151,26 @@ async def run(questions: int, interruptions: int, voice: str, wait_s: float) -> 
         "questions": questions,
         "caller_utterances_found": len(said),
         "response_ms": {
-            "p50": _pct(responses, 0.5),
-            "p95": _pct(responses, 0.95),
+            "p50": pct(responses, 0.5),
+            "p95": pct(responses, 0.95),
             "n": len(responses),
             "all": responses,
         },
-        "barge_in_ms": {"p50": _pct(barge, 0.5), "p95": _pct(barge, 0.95), "all": barge},
+        "barge_in_ms": {"p50": pct(barge, 0.5), "p95": pct(barge, 0.95), "all": barge},
         "stages_p50_ms": {k: round(median(v), 1) for k, v in stages.items()},
+        "agent_marks": [
+            {
+                "heard": m.caller_text,
+                "answer": m.answer,
+                "reason": m.endpoint_reason,
+                "turn_p": m.turn_p,
+                "text_p": m.text_p,
+                **m.as_ms(),
+            }
+            for m in (conv.metrics if conv is not None else [])
+        ],
         "hangup_cause": result.hangup_cause,
     }
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    v = sorted(values)
-    return round(v[min(len(v) - 1, int(round(q * (len(v) - 1))))], 1)
 
 
 def main() -> None:
@@ -162,8 +180,14 @@ def main() -> None:
     ap.add_argument("--voice", default="espeak")
     ap.add_argument("--wait", type=float, default=5.0, help="seconds after each question")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--pbx", choices=["asterisk", "freeswitch"], default="asterisk")
     args = ap.parse_args()
-    report = asyncio.run(run(args.questions, args.interruptions, args.voice, args.wait))
+    from voiceos_switch import log
+    from voiceos_switch.settings import Settings
+
+    log.setup(Settings().log_level)  # VOICEOS_LOG_LEVEL=DEBUG shows every turn's cues
+    report = asyncio.run(run(args.questions, args.interruptions, args.voice, args.wait, args.pbx))
+    report["pbx"] = args.pbx
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -29,19 +29,14 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from stats import pct  # bench/stats.py (scripts run from bench/)
+
 #: prompt length buckets, seconds: [low, high)
 BUCKETS = [(0.0, 1.5), (1.5, 3.0), (3.0, 6.0), (6.0, 10.0), (10.0, 1e9)]
 
 
 def bucket_name(low: float, high: float) -> str:
     return f">={low:g} s" if high > 1e8 else f"{low:g}-{high:g} s"
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    v = sorted(values)
-    return round(v[min(len(v) - 1, int(round(q * (len(v) - 1))))], 1)
 
 
 def load_prompts(root: Path, count: int) -> list[tuple[str, str, bytes]]:

@@ -66,6 +66,9 @@ class FakeMedia(InboxMedia):
         self.hung_up = True
         self.end("agent hung up")
 
+    async def finish_playing(self, timeout: float = 30.0) -> None:
+        return None  # what the fake sends is "heard" when sent
+
     def end(self, reason: str) -> None:
         if self._ended is None:
             self._ended = MediaEnded(reason)

@@ -75,6 +75,10 @@ class StandinCall:
     heard: bytearray = field(default_factory=bytearray)  # the caller's ear, 8 kHz
     variables: dict[str, str] = field(default_factory=dict)
     transferred_to: str | None = None
+    #: every extension the call was moved to, in order (the fallback, then a person)
+    routes: list[str] = field(default_factory=list)
+    #: the API commands for this call, with when they came (seconds into the call)
+    api: list[tuple[float, str]] = field(default_factory=list)
     hung_up: str | None = None
     stream_closed: tuple[int, str] | None = None
     plays: list[tuple[float, float, str]] = field(default_factory=list)  # start, stop, file
@@ -115,11 +119,20 @@ class FreeSwitchStandin:
         self.handshakes: list[bytes] = []
         self._outbound_subs: dict[str, tuple[asyncio.StreamWriter, set[str]]] = {}
         self.port = 0
+        #: FreeSWITCH's scheduler: task id -> (run at epoch second, group, api command)
+        self.scheduled: dict[int, tuple[int, str, str]] = {}
+        self._next_task = 1
+        #: mod_audio_stream sends the first audio frame before the metadata (as it
+        #: does when the channel already has another media bug: record_session)
+        self.audio_before_metadata = False
+        #: events fired to subscribers that a playback on the channel consumed instead
+        self.swallowed: list[dict[str, str]] = []
 
     # --- ESL server ----------------------------------------------------------------
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._esl_client, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._spawn(self._scheduler())
         return self.port
 
     async def close(self) -> None:
@@ -187,7 +200,7 @@ class FreeSwitchStandin:
                 elif command == "sendevent CUSTOM":
                     ev_uuid = str(uuidlib.uuid4())
                     writer.write(_reply(f"+OK {ev_uuid}"))
-                    self._fire({"Event-Name": "CUSTOM", **headers}, body.decode() if body else None)
+                    self._sendevent(headers, body.decode() if body else None)
                 elif command == "exit":
                     writer.write(_reply("+OK bye"))
                     await writer.drain()
@@ -244,6 +257,20 @@ class FreeSwitchStandin:
             self._outbound_subs.pop(call.uuid, None)
             writer.close()
 
+    def _sendevent(self, headers: dict[str, str], body: str | None) -> None:
+        """mod_event_socket's ``sendevent``: with a ``Unique-ID`` of a live
+        channel the event is queued on that channel, not fired. A playback in
+        progress consumes it; otherwise it is fired later without its
+        ``Event-Name`` (as the real one did)."""
+        call = self.calls.get(headers.get("Unique-ID", ""))
+        if call is not None and call.hung_up is None:
+            if call.current is not None:
+                self.swallowed.append({**headers, "_body": body or ""})
+                return
+            self._fire({"Event-Name": "", **headers}, body)
+            return
+        self._fire({"Event-Name": "CUSTOM", **headers}, body)
+
     def _fire(self, headers: dict[str, str], body: str | None = None) -> None:
         headers = {
             "Event-Name": headers.get("Event-Name", "CUSTOM"),
@@ -251,9 +278,11 @@ class FreeSwitchStandin:
             "Event-Date-Timestamp": str(int(time.time() * 1e6)),
             **headers,
         }
+        if not headers["Event-Name"]:
+            del headers["Event-Name"]  # an event queued on a channel, fired later
         self.events_sent.append({**headers, "_body": body or ""})
         data = _event_bytes(headers, body)
-        name, sub = headers["Event-Name"], headers.get("Event-Subclass", "")
+        name, sub = headers.get("Event-Name", ""), headers.get("Event-Subclass", "")
         linked = self._outbound_subs.get(headers.get("Unique-ID", ""))
         for writer, subs in [*self._clients, *([linked] if linked else [])]:
             if "ALL" in subs or name in subs and (name != "CUSTOM" or sub in subs or not sub):
@@ -273,6 +302,8 @@ class FreeSwitchStandin:
         parts = text.split(" ")
         cmd, args = parts[0], parts[1:]
         call = self.calls.get(args[0]) if args else None
+        if call is not None:
+            call.api.append((call.now(), text))
         if cmd.startswith("uuid_") and call is None:
             return "-ERR No such channel!\n"
         assert call is not None or not cmd.startswith("uuid_")
@@ -287,9 +318,7 @@ class FreeSwitchStandin:
             call.variables[args[1]] = " ".join(args[2:])
             return "+OK\n"
         if cmd == "uuid_transfer" and call is not None:
-            call.transferred_to = args[1]
-            call.queue.clear()
-            call.broken += 1
+            self._transfer(call, args[1])
             return "+OK\n"
         if cmd == "uuid_kill" and call is not None:
             self._spawn(self.hang_up(call.uuid, args[1] if len(args) > 1 else "NORMAL_CLEARING"))
@@ -304,7 +333,43 @@ class FreeSwitchStandin:
         if cmd == "uuid_audio_stream" and call is not None and args[1] == "stop":
             self._spawn(self._close_stream(call, 1000, ""))
             return "+OK Success\n"
+        if cmd == "sched_api":
+            # sched_api +<seconds> <group> <command...>: whole epoch seconds
+            when = int(time.time()) + int(args[0].lstrip("+"))
+            task = self._next_task
+            self._next_task += 1
+            self.scheduled[task] = (when, args[1], " ".join(args[2:]))
+            return f"+OK Added: {task}\n"
+        if cmd == "sched_del":
+            gone = [t for t, (_, g, _) in self.scheduled.items() if args[0] in (g, str(t))]
+            for t in gone:
+                del self.scheduled[t]
+            return f"+OK Deleted: {len(gone)}\n"
         return f"-ERR {cmd} Command not found!\n"
+
+    def _transfer(self, call: StandinCall, extension: str) -> None:
+        """``uuid_transfer``: the channel leaves park for ``extension``; the
+        shipped dialplan's voiceos_fallback stops the stream, drops the
+        call's scheduled tasks and goes on to a person."""
+        call.routes.append(extension)
+        call.queue.clear()
+        call.broken += 1
+        if extension == "voiceos_fallback":
+            for t in [t for t, (_, g, _) in self.scheduled.items() if call.uuid in g]:
+                del self.scheduled[t]
+            self._spawn(self._close_stream(call, 1000, ""))
+            call.routes.append("operator")
+            extension = "operator"
+        call.transferred_to = extension
+
+    async def _scheduler(self) -> None:
+        """FreeSWITCH's task thread: runs due tasks, looking twice a second."""
+        while True:
+            now = int(time.time())
+            for task, (when, _group, command) in list(self.scheduled.items()):
+                if when <= now and self.scheduled.pop(task, None) is not None:
+                    await self._api(command)
+            await asyncio.sleep(0.5)
 
     # --- a call ----------------------------------------------------------------------
     async def place_call(
@@ -328,11 +393,20 @@ class FreeSwitchStandin:
         if outbound is not None:
             self._spawn(self._outbound(call, *outbound))
             return call
+        # the shipped dialplan: the fallback in 3 s unless the bridge keeps the
+        # call, then the stream, to a URL that names the call
+        when = int(time.time()) + 3
+        self.scheduled[self._next_task] = (
+            when,
+            f"voiceos-fallback-{call.uuid}-1",
+            f"uuid_transfer {call.uuid} voiceos_fallback XML voiceos-agent",
+        )
+        self._next_task += 1
         meta = json.dumps(
             {"uuid": call.uuid, "rate": 8000, "mix": "mono", "caller": caller, "called": called},
             separators=(",", ":"),
         )
-        self._spawn(self._stream(call, meta))
+        self._spawn(self._stream(call, meta, f"{self.stream_url}/{call.uuid}/8000"))
         return call
 
     async def _stream(self, call: StandinCall, metadata: str, url: str | None = None) -> None:
@@ -375,6 +449,8 @@ class FreeSwitchStandin:
             json.dumps({"status": "connected"}),
         )
         send = self._sender(writer)
+        if self.audio_before_metadata:
+            await send(0x2, bytes(call.timeline[:FRAME]))
         await send(0x1, metadata.encode())
         tasks = [
             asyncio.ensure_future(self._send_audio(call, send)),
@@ -388,9 +464,20 @@ class FreeSwitchStandin:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             writer.close()
-            if call.hung_up is None and call.transferred_to is None:
-                await self.hang_up(call.uuid)
-            call.done.set()
+            await self._parked(call)
+
+    async def _parked(self, call: StandinCall) -> None:
+        """The stream is over and the channel stays parked, in silence, until
+        something moves it, FreeSWITCH hangs it up, or the caller gives up at
+        the end of their script."""
+        end = call.started + call.hold_s
+        while time.monotonic() < end:
+            if call.hung_up is not None or call.transferred_to is not None:
+                break
+            await asyncio.sleep(0.05)
+        if call.hung_up is None and call.transferred_to is None:
+            await self.hang_up(call.uuid)  # the caller puts the phone down
+        call.done.set()
 
     def _stream_error(self, call: StandinCall, error: str) -> None:
         body = json.dumps({"status": "error", "message": {"code": 6, "error": error}})
@@ -402,7 +489,7 @@ class FreeSwitchStandin:
             },
             body,
         )
-        call.done.set()
+        self._spawn(self._parked(call))
 
     @staticmethod
     def _sender(writer: asyncio.StreamWriter) -> object:

@@ -84,6 +84,7 @@ class Agent:
         stt: str | None = None,
         facts: Sequence[str] | Mapping[str, str] | None = None,
         turn_detection: bool = True,
+        reprompt_after_s: float = 8.0,
         name: str = "agent",
         settings: Settings | None = None,
     ) -> None:
@@ -119,6 +120,9 @@ class Agent:
         except ValueError as exc:
             raise ConfigurationError(f"facts: {exc}") from exc
         self.turn_detection = turn_detection
+        #: a caller silent this long is asked "Are you still there?", then
+        #: after as long again told goodbye, and the call is hung up
+        self.reprompt_after_s = reprompt_after_s
         self._turn_model: Any = None
         self._text_turn: Any = None
         self._handlers: dict[str, list[Handler]] = {name: [] for name in EVENTS}
@@ -134,6 +138,7 @@ class Agent:
         self.finished: collections.deque[Any] = collections.deque(maxlen=20)
         self._store: Any = None
         self._models_loaded = False
+        self._loading: asyncio.Event | None = None
         self._outbox_wakeup: asyncio.Event | None = None
 
     # events ----------------------------------------------------------------
@@ -189,7 +194,11 @@ class Agent:
         target = target or self.human_target
         control = self._require_control(f"transfer to {target}", TransferError, call)
         call.stop_speaking()  # the agent does not talk over the hand-off
+        # noted before the PBX moves the call: the media ends with the move,
+        # and the call's record is written as soon as it does
+        previous, call.transferred_to = call.transferred_to, target
         try:
+            await call.media.finish_playing()  # the caller hears the last phrase whole
             if call.pbx == "freeswitch":
                 await self._handoff_freeswitch(call, control, target, include_transcript)
             else:
@@ -199,8 +208,8 @@ class Agent:
                 if via == "redirect":
                     await control.redirect(call.id, target)
         except (AMIError, ESLError, TimeoutError) as exc:
+            call.transferred_to = previous
             raise TransferError(f"transfer to {target} failed: {exc}") from exc
-        call.transferred_to = target
         logger.info(log.kv(event="transferred", target=target, via=via))
         if via == "dialplan" and call.pbx != "freeswitch":
             await call.hangup()
@@ -211,9 +220,10 @@ class Agent:
         if include_transcript:
             text = call.transcript_text()
             await esl.set_var(call.id, "voiceos_transcript", text)
-            await esl.send_event(
-                "voiceos::handoff", {"Unique-ID": call.id, "Voiceos-Target": target}, text
-            )
+            await esl.send_event("voiceos::handoff", {"Voiceos-Target": target}, text, call.id)
+        stop_watchdog = getattr(call.media, "stop_watchdog", None)
+        if stop_watchdog is not None:
+            await stop_watchdog()  # the call is the humans' now, not the fallback's
         # the agent's stream ends with the handoff; the human leg has no bridge
         await esl.api(f"uuid_audio_stream {call.id} stop")
         await esl.redirect(call.id, target)
@@ -265,10 +275,21 @@ class Agent:
         """Load every model now, not on the first caller's time (once), and
         evaluate the agent's system prompt and greeting in the model's
         contexts, so a call's first turn pays only for what the caller said."""
-        from .providers import registry
-
         if self._models_loaded:
             return
+        if self._loading is not None:
+            await self._loading.wait()
+            return
+        loading = self._loading = asyncio.Event()
+        try:
+            await self._load_models()
+        finally:
+            loading.set()
+            self._loading = None
+
+    async def _load_models(self) -> None:
+        from .providers import registry
+
         async for _ in self._tts_provider().stream("ready", 8000):
             pass
         if self.model is not None:
@@ -299,6 +320,9 @@ class Agent:
 
     async def handle_call(self, media: CallMedia) -> None:
         """Run one call from its first frame to its end."""
+        if not self._models_loaded:
+            logger.info(log.kv(event="call_waiting_for_models"), extra={"call_id": media.call_id})
+            await self.load_models()
         runner = HandlerRunner(self._handlers)
         call = Call(media, self._tts_provider(), agent_name=self.name, publish=runner.post)
         self.calls[call.id] = call
@@ -376,6 +400,7 @@ class Agent:
                 system_prompt=self.system_prompt or DEFAULT_PROMPT,
                 greeting=self.greeting or None,
                 style=self.style,
+                reprompt_after_s=self.reprompt_after_s,
             ),
             emit=runner.post,
             turn_model=self._turn_model,
@@ -498,7 +523,6 @@ class Agent:
                     hint="set VOICEOS_AMI_SECRET to enable transfers and recording",
                 )
             )
-        await self.load_models()
         rec_dir = s.resolved_recordings_dir
         recorder = WavRecorder(rec_dir) if rec_dir is not None else None
         clock = FrameClock()  # one 20 ms tick for every call, whichever PBX it came from
@@ -524,6 +548,9 @@ class Agent:
                 outbox = asyncio.create_task(self._run_outbox(), name="outbox")
             if s.freeswitch_stream:
                 self.stream_server = await self._start_freeswitch(recorder, clock)
+            # listening already: a call that comes while the models load is
+            # held (its audio queued) and answered once they are ready
+            await self.load_models()
             if ready is not None:
                 ready.set()
             await (stop.wait() if stop is not None else asyncio.Event().wait())
@@ -587,6 +614,7 @@ class Agent:
             handshake_timeout=s.handshake_timeout_s,
             max_frame_bytes=s.max_frame_bytes,
             recorder=recorder,
+            watchdog_s=s.freeswitch_watchdog_s,
         )
         await stream.start(host, port)
         if s.esl_outbound and self.esl is not None:

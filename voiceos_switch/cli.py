@@ -92,6 +92,7 @@ def cmd_call(args: argparse.Namespace) -> int:
                 hold=args.hold,
                 caller_id=args.caller_id,
                 timeout=args.timeout,
+                pbx=args.pbx,
             )
         )
     except (AsteriskError, ValueError) as exc:
@@ -398,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--hold", type=float, default=4.0, help="seconds to stay on the line after")
     call.add_argument("--caller-id", default="15550100")
     call.add_argument("--timeout", type=float, default=120.0)
+    call.add_argument(
+        "--pbx",
+        choices=["asterisk", "freeswitch"],
+        default="asterisk",
+        help="whose trunk the lab carrier calls: the managed Asterisk, or a FreeSWITCH's "
+        "voiceos profile on this machine (VOICEOS_LAB_FREESWITCH_SIP_PORT, default 5080)",
+    )
     call.set_defaults(func=cmd_call)
 
     demo = sub.add_parser(

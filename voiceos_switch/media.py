@@ -63,7 +63,13 @@ class CallMedia(Protocol):
         ...
 
     async def hangup(self) -> None:
-        """End the media session from our side."""
+        """End the media session from our side, once the caller has heard
+        what was sent."""
+        ...
+
+    async def finish_playing(self, timeout: float = 30.0) -> None:
+        """Return once the caller has heard all agent audio sent so far (or
+        after what is left to play plus a margin, at most ``timeout``)."""
         ...
 
     def monitor_output(self, callback: Callable[[bytes, float], None]) -> None:

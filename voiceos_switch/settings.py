@@ -112,6 +112,14 @@ class Settings(BaseSettings):
         description="Least agent audio per streamAudio message while more is coming "
         "(each message costs FreeSWITCH a short seam of silence).",
     )
+    freeswitch_watchdog_s: float = Field(
+        3.0,
+        ge=0,
+        le=60,
+        description="FreeSWITCH moves a call to the dialplan's voiceos_fallback (a person) "
+        "this long after the bridge last said it has the call; the shipped dialplan "
+        "schedules the first move with the same value. 0: the bridge does not keep it up.",
+    )
     esl_host: str = "127.0.0.1"
     esl_port: int = 8021
     esl_password: SecretStr | None = Field(
@@ -137,6 +145,9 @@ class Settings(BaseSettings):
     )
     sip_port: int = 5060
     carrier_sim_port: int = 5062
+    #: where the lab carrier reaches a FreeSWITCH's ``voiceos`` SIP profile
+    #: (``voiceos-switch call --pbx freeswitch``)
+    lab_freeswitch_sip_port: int = 5080
     human_extension: str = Field("operator", description="Default human handoff target.")
 
     # Conversation providers ---------------------------------------------

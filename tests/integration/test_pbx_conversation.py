@@ -4,24 +4,27 @@ checked against captures of the real one; mod_audio_stream and ESL).
 
 The caller: waits for the greeting, asks a question and hears the answer,
 asks for everything the store sells and cuts the long answer short by
-asking for a person; the agent hands the call to a human with the
-transcript; the caller hangs up.
+asking for a person, each when it has heard the agent (never at fixed
+times); the agent hands the call to a human with the transcript; the
+caller hangs up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from tests.freeswitch_standin import FreeSwitchStandin
+from tests.freeswitch_standin import FreeSwitchStandin, StandinCall
 from tests.textcheck import normalise
 from voiceos_switch import Agent, Call
 from voiceos_switch.demo import STORE_FACTS, demo_agent
-from voiceos_switch.pbx.asterisk import AsteriskSandbox
+from voiceos_switch.pbx.asterisk import LAB_DIR, AsteriskSandbox
 from voiceos_switch.pbx.labcall import place_call, write_wav
 from voiceos_switch.providers.tts.piper import PiperTTS
 from voiceos_switch.settings import Settings
@@ -41,26 +44,73 @@ class Outcome:
     handoff_target: str = ""
 
 
-async def caller_timeline() -> tuple[bytes, float]:
-    """The caller's whole side as one recording, and its length in seconds."""
+async def caller_lines() -> tuple[bytes, bytes, bytes]:
     tts = PiperTTS(steady=True)
-    first = await tts.synthesize(FIRST, RATE)
-    long = await tts.synthesize(LONG, RATE)
-    person = await tts.synthesize(PERSON, RATE)
-    pcm = bytearray()
+    return tuple([await tts.synthesize(text, RATE) for text in (FIRST, LONG, PERSON)])  # type: ignore[return-value]
 
-    def at(seconds: float, speech: bytes) -> None:
-        start = int(seconds * RATE) * 2
-        if len(pcm) < start:
-            pcm.extend(bytes(start - len(pcm)))
-        pcm[start:] = speech
 
-    at(6.0, first)  # well after the greeting (about 2.5 s, once the media is up)
-    first_end = 6.0 + len(first) / 2 / RATE
-    at(first_end + 9.0, long)  # after the answer
-    long_end = first_end + 9.0 + len(long) / 2 / RATE
-    at(long_end + 3.2, person)  # while the long answer plays
-    return bytes(pcm), len(pcm) / 2 / RATE
+#: the caller speaks when the agent has spoken and gone quiet, not at fixed
+#: times, so a slow turn on a busy machine changes nothing but the wait
+HEARD_MS = 300  # the agent has started speaking: this much continuous sound
+QUIET_MS = 1500  # the agent has finished: this much silence
+CUT_AFTER_S = 1.2  # the caller cuts the long answer this far into it
+WAIT_S = 60.0  # the longest a caller waits for the agent, before giving up
+
+
+def asterisk_script(dir_inside: str) -> str:
+    """The caller's side for the lab caller's dialplan (``heard`` and ``quiet``
+    are Asterisk's WaitForNoise and WaitForSilence on what the caller hears)."""
+    return "|".join(
+        [
+            f"heard:{HEARD_MS}",  # the greeting
+            f"quiet:{QUIET_MS}",
+            f"play:{dir_inside}/first",
+            f"heard:{HEARD_MS}",  # its answer
+            f"quiet:{QUIET_MS}",
+            f"play:{dir_inside}/long",
+            f"heard:{HEARD_MS}",  # the long answer starts...
+            f"wait:{CUT_AFTER_S:g}",
+            f"play:{dir_inside}/person",  # ...and is cut short
+            "wait:4",
+            "hangup",
+        ]
+    )
+
+
+def _loud(heard: bytearray, start: int, end: int) -> list[bool]:
+    """Which 20 ms frames of what the caller heard, in [start, end), carry sound."""
+    out = []
+    for i in range(start, end):
+        frame = np.frombuffer(bytes(heard[i * 320 : (i + 1) * 320]), dtype=np.int16)
+        out.append(frame.size > 0 and float(np.sqrt(np.mean(frame.astype(np.float64) ** 2))) > 300)
+    return out
+
+
+async def standin_hears(call: StandinCall, what: str) -> None:
+    """Wait on the stand-in caller's ear: ``heard`` (the agent started speaking)
+    or ``quiet`` (it then went silent)."""
+    need = (HEARD_MS if what == "heard" else QUIET_MS) // 20
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if call.done.is_set():
+            raise AssertionError(f"the call ended while the caller waited for {what}")
+        now = int(call.now() / 0.02)
+        recent = _loud(call.heard, max(0, now - need), now)
+        if len(recent) == need and (all(recent) if what == "heard" else not any(recent)):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the caller waited {WAIT_S:g} s for the agent to be {what}")
+
+
+async def standin_caller(call: StandinCall, first: bytes, long: bytes, person: bytes) -> None:
+    for line in (first, long):
+        await standin_hears(call, "heard")
+        await standin_hears(call, "quiet")
+        call.say(line)
+        await asyncio.sleep(len(line) / 2 / RATE)
+    await standin_hears(call, "heard")
+    await asyncio.sleep(CUT_AFTER_S)
+    call.say(person)
 
 
 #: the long answer the caller cuts short (about eight seconds of speech)
@@ -103,10 +153,14 @@ async def through_asterisk(asterisk: AsteriskSandbox, tmp_path: Path) -> tuple[A
                 outcome.handoff_target = event.get("Target", "")
 
         agent.control.add_listener(on_ami)
-        pcm, seconds = await caller_timeline()
-        wav = tmp_path / "caller.wav"
-        write_wav(wav, pcm, RATE)
-        result = await place_call("100", play=wav, delay=0, hold=4.0, timeout=120)
+        lab = asterisk.lab_dir / f"conversation-{tmp_path.name}"
+        lab.mkdir(parents=True, exist_ok=True)
+        lab.chmod(0o755)
+        for name, pcm in zip(("first", "long", "person"), await caller_lines(), strict=True):
+            write_wav(lab / f"{name}.wav", pcm, RATE)
+            (lab / f"{name}.wav").chmod(0o644)
+        script = asterisk_script(f"{LAB_DIR}/{lab.name}")
+        result = await place_call("100", script=script, timeout=240)
         assert result.answered
         for _ in range(100):
             if outcome.ended:
@@ -135,9 +189,13 @@ async def through_freeswitch(tmp_path: Path) -> tuple[Agent, Outcome]:
     try:
         await asyncio.wait_for(ready.wait(), 180)
         standin.stream_url = agent.stream_server.url()
-        pcm, seconds = await caller_timeline()
-        call = await standin.place_call([(0.0, pcm)], hold_s=seconds + 4.0)
-        await asyncio.wait_for(call.done.wait(), seconds + 30)
+        lines = await caller_lines()
+        call = await standin.place_call([], hold_s=4 * WAIT_S)
+        caller = asyncio.create_task(standin_caller(call, *lines))
+        await asyncio.wait_for(call.done.wait(), 4 * WAIT_S)
+        if caller.done():
+            caller.result()  # the caller's own complaint, if it gave up
+        caller.cancel()
         for _ in range(100):
             if outcome.ended:
                 break

@@ -27,6 +27,7 @@ from voiceos_switch.transports.audiostream import (
     StreamError,
     caller_channel,
     parse_metadata,
+    path_parts,
 )
 
 DATA = Path(__file__).parent.parent / "data" / "freeswitch"
@@ -160,6 +161,33 @@ def test_the_real_wideband_stream_over_sip_is_640_byte_frames() -> None:
     assert meta.rate == 16000 and meta.called == "1600"
     audio = [p for o, p in frames[1:] if o == 0x2]
     assert len(audio) > 50 and {len(p) for p in audio} == {640}
+
+
+def test_the_real_stream_url_names_the_call_with_another_media_bug_on_it() -> None:
+    """The shipped dialplan on a channel that also runs ``record_session``:
+    the URL carries the call's uuid and rate, the same as the metadata, so
+    the bridge knows the call whichever message comes first (the real one
+    sent the metadata first 13 times of 13 here; the bridge also takes audio
+    first)."""
+    cap = capture("ws-record-session-8k.jsonl")
+    request_line = cap[0][2].decode().split("\r\n", 1)[0]
+    path = request_line.split(" ")[1]
+    frames = unmask_frames(b"".join(b for _, d, b in cap[2:] if d == "c2s"))
+    meta = parse_metadata(next(p for o, p in frames if o == 0x1).decode())
+    assert path_parts(path) == (meta.call_id, 8000)
+    assert {len(p) for o, p in frames if o == 0x2} == {320}
+
+
+def test_the_real_handoff_event_reaches_another_subscriber_whole() -> None:
+    """Fired without Unique-ID, FreeSWITCH delivers the hand-off to every
+    subscriber at once, with its Event-Name, the call in Voiceos-Call-UUID
+    and the transcript as the body."""
+    messages = esl.Parser().feed(stream_bytes("esl-handoff-subscriber.jsonl", "s2c"))
+    (event,) = [e for e in (m.event() for m in messages) if e is not None]
+    assert (event.name, event.subclass) == ("CUSTOM", "voiceos::handoff")
+    assert event.get("Voiceos-Call-UUID") and "Unique-ID" not in event.headers
+    assert event.get("Voiceos-Target") == "operator"
+    assert event.body.splitlines()[-1] == "agent: Connecting you to a person."
 
 
 def test_metadata_and_frame_errors_are_clear() -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from voiceos_switch.control.esl import fallback_group
 from voiceos_switch.settings import Settings
-from voiceos_switch.transports.audiostream import parse_metadata
+from voiceos_switch.transports.audiostream import FALLBACK, parse_metadata, path_parts
 
 ROOT = Path(__file__).parent.parent.parent
 FILES = sorted((ROOT / "freeswitch-conf").rglob("*.xml")) + sorted(
@@ -69,8 +70,11 @@ def test_the_agent_context_answers_streams_json_metadata_and_parks() -> None:
     m = re.search(r"uuid_audio_stream\((\$\{uuid\}) start (\S+) (\S+) (\S+) (.*)\)\}$", stream)
     assert m, stream
     url, mix, rate, meta = m.group(2), m.group(3), m.group(4), m.group(5)
-    assert url == "ws://$${voiceos_stream}/$${voiceos_stream_token}"
+    assert url == "ws://$${voiceos_stream}/$${voiceos_stream_token}/${uuid}/${voiceos_rate}000"
     assert mix == "mono" and rate == "${voiceos_rate}k"
+    # the URL names the call and its rate, whatever order the messages come in
+    path = url.split("/", 3)[3].replace("${uuid}", "4f1c").replace("${voiceos_rate}", "16")
+    assert path_parts("/" + path) == ("4f1c", 16000)
     # what the bridge receives once FreeSWITCH fills the variables in
     filled = (
         meta.replace("${uuid}", "4f1c")
@@ -97,3 +101,35 @@ def test_numbers_starting_16_stream_wideband_and_humans_get_the_transcript() -> 
     assert any("${voiceos_transcript}" in d for _, d in _actions("voiceos-humans"))
     socket = _actions("voiceos-socket")
     assert ("socket", "127.0.0.1:9094 async full") in socket
+
+
+def test_a_call_the_bridge_does_not_keep_goes_to_a_person() -> None:
+    actions = _actions("voiceos-agent")
+    datas = [d for _, d in actions]
+    watchdog = next(i for i, d in enumerate(datas) if "sched_api(" in d)
+    stream = next(i for i, d in enumerate(datas) if "uuid_audio_stream(${uuid} start" in d)
+    assert watchdog < stream  # scheduled before the stream can fail
+    m = re.search(
+        r"sched_api\(\+(\d+) (\S+) uuid_transfer \$\{uuid\} (\S+) (\S+) (\S+)\)", datas[watchdog]
+    )
+    assert m, datas[watchdog]
+    assert int(m.group(1)) == round(Settings().freeswitch_watchdog_s)
+    # the group the bridge takes over and cancels, and the extension it names
+    assert m.group(2).replace("${uuid}", "abc") == fallback_group("abc", 1)
+    assert (m.group(3), m.group(4), m.group(5)) == FALLBACK
+    root = ET.parse(ROOT / "dialplan/freeswitch/voiceos_agent.xml").getroot()
+    agent_ctx = next(c for c in root.iter("context") if c.get("name") == "voiceos-agent")
+    fallback = next(e for e in agent_ctx.iter("extension") if e.get("name") == "voiceos_fallback")
+    steps = [(a.get("application"), a.get("data", "")) for a in fallback.iter("action")]
+    assert ("transfer", f"{Settings().human_extension} XML voiceos-humans") == steps[-1]
+    assert any("sched_del(voiceos-fallback-${uuid}-0)" in d for _, d in steps)
+    assert any("uuid_audio_stream(${uuid} stop)" in d for _, d in steps)
+    socket = _actions("voiceos-socket")
+    assert socket[-1] == ("transfer", "voiceos_fallback XML voiceos-agent")
+
+
+def test_only_modules_whose_configuration_ships_are_loaded() -> None:
+    modules = ET.parse(ROOT / "freeswitch-conf/autoload_configs/modules.conf.xml").getroot()
+    loaded = {m.get("module") for m in modules.iter("load")}
+    # mod_db asks for db.conf.xml at load; nothing here needs it
+    assert "mod_db" not in loaded and "mod_commands" in loaded  # sched_api, sched_del

@@ -45,6 +45,12 @@ EVENTS = (
 )
 
 
+def fallback_group(call_id: str, slot: int) -> str:
+    """The scheduler group of a call's fallback task (the dialplan starts
+    slot 1: ``${sched_api(+3 voiceos-fallback-${uuid}-1 uuid_transfer ...)}``)."""
+    return f"voiceos-fallback-{call_id}-{slot}"
+
+
 class ESLError(RuntimeError):
     """A command failed or FreeSWITCH could not be reached."""
 
@@ -367,8 +373,22 @@ class ESLController:
             raise ESLError(f"{command.split()[0]} failed: {text or reply.reply_text}")
         return text
 
-    async def send_event(self, subclass: str, headers: dict[str, str], body: str = "") -> None:
-        conn = self._connection_for(f"uuid_ {headers.get('Unique-ID', '')}")
+    def reaches(self, call_id: str) -> bool:
+        """Whether commands for this call can reach FreeSWITCH now."""
+        return self._connection_for(f"uuid_ {call_id}") is not None
+
+    async def send_event(
+        self, subclass: str, headers: dict[str, str], body: str = "", call_id: str = ""
+    ) -> None:
+        """Fire a CUSTOM event to every subscriber. It must not carry
+        ``Unique-ID``: FreeSWITCH then queues it on that channel instead,
+        where a playback in progress consumes it (and what is fired later
+        has no ``Event-Name``). The call goes in ``Voiceos-Call-UUID``."""
+        if "Unique-ID" in headers:
+            raise ValueError("an event with Unique-ID is queued on the channel, not fired")
+        if call_id:
+            headers = {"Voiceos-Call-UUID": call_id, **headers}
+        conn = self._connection_for(f"uuid_ {call_id}")
         if conn is None:
             raise ESLError("not connected to FreeSWITCH")
         data = esl.encode_command(
@@ -400,6 +420,24 @@ class ESLController:
     async def break_playback(self, call_id: str) -> None:
         await self.api(f"uuid_break {call_id} all")
 
+    async def schedule_fallback(
+        self, call_id: str, after_s: float, target: tuple[str, str, str], slot: int
+    ) -> None:
+        """(Re)schedule FreeSWITCH's own move of the call to ``target``
+        (extension, dialplan, context) ``after_s`` from now. Two task groups
+        per call take turns (``slot`` 0 or 1): the new task is added before
+        the other group's is deleted, so one is always pending."""
+        extension, dialplan, context = target
+        await self.api(
+            f"sched_api +{max(1, round(after_s))} {fallback_group(call_id, slot)} "
+            f"uuid_transfer {call_id} {extension} {dialplan} {context}"
+        )
+        await self.api(f"sched_del {fallback_group(call_id, 1 - slot)}")
+
+    async def cancel_fallback(self, call_id: str) -> None:
+        for slot in (0, 1):
+            await self.api(f"sched_del {fallback_group(call_id, slot)}")
+
     async def broadcast(self, call_id: str, path: str) -> None:
         await self.api(f"uuid_broadcast {call_id} {path} aleg")
 
@@ -411,5 +449,8 @@ class ESLController:
         rate: int = 8000,
         metadata: dict[str, object] | None = None,
     ) -> None:
+        """Stream the call to ``url`` (the bridge's, with its token), naming the
+        call and its rate in the URL so the bridge knows it from the start."""
         meta = json.dumps(metadata or {"uuid": call_id}, separators=(",", ":"))
+        url = f"{url.rstrip('/')}/{call_id}/{rate}"
         await self.api(f"uuid_audio_stream {call_id} start {url} {mix} {rate // 1000}k {meta}")

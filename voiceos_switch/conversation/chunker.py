@@ -25,9 +25,7 @@ def speakable(text: str) -> str:
 
 
 class SentenceChunker:
-    def __init__(
-        self, first_min_chars: int = 12, min_chars: int = 40, max_chars: int = 220
-    ) -> None:
+    def __init__(self, first_min_chars: int = 4, min_chars: int = 40, max_chars: int = 220) -> None:
         self._buf = ""
         self._first = True
         self.first_min_chars = first_min_chars

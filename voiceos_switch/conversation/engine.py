@@ -91,6 +91,7 @@ INBOUND_HANDOVER = 50
 #: no caller frame for this long is silence (DTX, silence suppression); a
 #: shorter gap is a late frame that will still come
 DTX_AFTER_S = 0.1
+FRAME_S = 0.02
 
 NOT_SURE = "I'm not sure about that. Is there something else I can help with?"
 TROUBLE = "Sorry, I'm having trouble right now. Could you say that again?"
@@ -171,6 +172,9 @@ class TurnMetrics:
     llm_first_token: float | None = None
     tts_first_audio: float | None = None
     first_frame_sent: float | None = None
+    #: when the turn loop took the end of the turn, and released the reply
+    confirmed: float | None = None
+    released: float | None = None
     interrupted: bool = False
     preemptive: bool = False
     answer: str = ""  # "fact", "model", "tool", "fallback"
@@ -183,6 +187,8 @@ class TurnMetrics:
         base = self.speech_end
         marks = {
             "endpoint": self.endpoint,
+            "confirmed": self.confirmed,
+            "released": self.released,
             "stt_final": self.stt_final,
             "llm_first_token": self.llm_first_token,
             "tts_first_audio": self.tts_first_audio,
@@ -367,7 +373,9 @@ class Conversation:
     def _next_deadline(self) -> float | None:
         now = self.clock.now()
         deadlines: list[float] = []
-        if self.listener.phase is not Phase.QUIET:
+        if self.listener.phase is Phase.PAUSED:
+            deadlines.append(max(now, self._last_frame_at) + FRAME_S)  # a frame is due
+        elif self.listener.phase is not Phase.QUIET:
             deadlines.append(self._last_frame_at + DTX_AFTER_S)  # frames stopped
         if self._barge is not None:
             deadlines.append(now + 0.1)
@@ -387,6 +395,9 @@ class Conversation:
             while len(self._audio_clock) > 1000:
                 self._audio_clock.popleft()
             await self.listener.feed(event.pcm, now)
+            took = self.clock.now() - now
+            if took > 0.05:
+                logger.warning(log.kv(event="listener_slow", ms=round(took * 1000)))
         elif isinstance(event, DtmfIn):
             self.call.dtmf.append(event.digit)
             self._last_activity = self.clock.now()
@@ -395,7 +406,10 @@ class Conversation:
     async def _on_time(self) -> None:
         now = self.clock.now()
         gap = now - self._last_frame_at
-        if self.listener.phase is not Phase.QUIET and gap > DTX_AFTER_S:
+        if self.listener.phase is Phase.PAUSED and gap > FRAME_S:
+            # the caller is pausing and no frame came: silence passes all the same
+            self.listener.silent_for(gap * 1000)
+        elif self.listener.phase is not Phase.QUIET and gap > DTX_AFTER_S:
             # the PBX stopped sending frames (DTX, silence suppression):
             # that is silence, as long as it lasts
             await self.listener.idle(gap, now)
@@ -623,6 +637,7 @@ class Conversation:
             self._start_producing(reply)
         m = reply.metrics
         m.caller_text = text
+        m.confirmed = self.clock.now()
         m.endpoint = self._audio_to_clock(ended.decided_ms)
         m.endpoint_reason = ended.reason
         m.turn_p = ended.turn_p
@@ -701,6 +716,7 @@ class Conversation:
             if not reply.handle.ended:
                 self.history.append({"role": "user", "content": reply.user_content or reply.text})
                 self._record_agent_turn(reply.handle)
+            reply.metrics.released = self.clock.now()
             self._start_speaking(reply.handle)
 
         task = asyncio.ensure_future(go())

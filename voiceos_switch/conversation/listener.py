@@ -236,6 +236,16 @@ class Listener:
         for i in range(0, whole, size):
             await self._frame(data[i : i + size], now_s)
 
+    def silent_for(self, gap_ms: float) -> None:
+        """No frame for ``gap_ms`` since the last one, while the caller is
+        pausing: a PBX that stops sending frames in silence (silence
+        suppression, or no RTP at all while the caller is quiet) must not
+        delay the end of the turn. Decided as if that much silence had come,
+        without adding it to the stream (a late frame still counts where it
+        belongs)."""
+        if self.phase is Phase.PAUSED and gap_ms > 0:
+            self._consider(self.audio_ms + gap_ms)
+
     async def idle(self, gap_s: float, now_s: float = 0.0) -> None:
         """No frames for ``gap_s`` (DTX, silence suppression): that is silence."""
         if self.phase is Phase.QUIET:
@@ -377,6 +387,14 @@ class Listener:
             text_p = endpoint.PENDING
         self.decision = endpoint.decide(style, silence, self.turn_p, text, text_p)
         if self.decision.over:
+            logger.debug(
+                log.kv(
+                    event="turn_over",
+                    reason=self.decision.reason,
+                    silence_ms=round(silence),
+                    audio_ms=self.audio_ms,
+                )
+            )
             self._end_turn(now, self.decision.reason)
 
     def next_decision_ms(self) -> float | None:
@@ -447,6 +465,7 @@ class Listener:
                 logger.warning(log.kv(event="turn_model_failed", error=repr(t.exception())))
                 return
             self.turn_p = t.result()
+            logger.debug(log.kv(event="turn_p", p=round(self.turn_p, 3), audio_ms=self.audio_ms))
             if self.phase is Phase.PAUSED:
                 self._consider(self.audio_ms)
 
@@ -467,6 +486,7 @@ class Listener:
                 logger.warning(log.kv(event="text_turn_failed", error=repr(t.exception())))
                 return
             self.text_p = t.result()
+            logger.debug(log.kv(event="text_p", p=round(self.text_p, 4), audio_ms=self.audio_ms))
             if self.phase is Phase.PAUSED:
                 self._consider(self.audio_ms)
 

@@ -201,6 +201,7 @@ class AsteriskSandbox:
             "sip_port": str(s.sip_port),
             "carrier_host": "127.0.0.1",
             "carrier_port": str(s.carrier_sim_port),
+            "freeswitch_sip_port": str(s.lab_freeswitch_sip_port),
             "human_extension": s.human_extension,
             "rtp_start": "20000",
             "rtp_end": "20999",

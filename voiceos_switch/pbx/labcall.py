@@ -93,8 +93,14 @@ async def place_call(
     script: str | None = None,
     caller_id: str = "15550100",
     timeout: float = 120.0,
+    pbx: str = "asterisk",
 ) -> LabCallResult:
-    """Call ``to`` through the carrier trunk and wait until the call ends."""
+    """Call ``to`` through the carrier trunk and wait until the call ends.
+    ``pbx="freeswitch"``: the same carrier calls a FreeSWITCH's ``voiceos``
+    profile on this machine instead (``lab_freeswitch_sip_port``)."""
+    if pbx not in ("asterisk", "freeswitch"):
+        raise ValueError(f"pbx must be 'asterisk' or 'freeswitch', not {pbx!r}")
+    trunk = "sim-carrier" if pbx == "asterisk" else "sim-carrier-fs"
     settings = settings or Settings()
     sandbox = AsteriskSandbox(settings)
     if not sandbox.running():
@@ -150,7 +156,7 @@ async def place_call(
             {
                 "Action": "Originate",
                 "ActionID": f"voiceos-lab-{tag}",
-                "Channel": f"PJSIP/{to}@sim-carrier",
+                "Channel": f"PJSIP/{to}@{trunk}",
                 "Context": "voiceos-caller",
                 "Exten": "s",
                 "Priority": "1",
@@ -164,7 +170,7 @@ async def place_call(
             await asyncio.wait_for(finished.wait(), timeout)
         except TimeoutError:
             if state.get("uniqueid"):
-                await ami.action({"Action": "Hangup", "Channel": f"/^PJSIP/{to}@sim-carrier/"})
+                await ami.action({"Action": "Hangup", "Channel": f"/^PJSIP/{to}@{trunk}/"})
             raise AsteriskError(f"the lab call did not end within {timeout:g} s") from None
     finally:
         await ami.close()

@@ -37,7 +37,7 @@ class TranscriptTurn:
 
     name = "transcript-eou"
 
-    def __init__(self, model_path: Path | None = None, threads: int = 2) -> None:
+    def __init__(self, model_path: Path | None = None, threads: int = 1) -> None:
         self.model_path = model_path or default_gguf()
         self.threads = threads
         self._model: Any = None
@@ -47,14 +47,13 @@ class TranscriptTurn:
     def _load(self) -> Any:
         with self._lock:
             if self._model is None:
-                from llama_cpp import Llama
+                from .llm import load_llama
 
-                model = Llama(
+                model = load_llama(
                     model_path=str(self.model_path),
                     n_ctx=256,
                     n_threads=self.threads,
                     n_threads_batch=self.threads,
-                    verbose=False,
                 )
                 ends = {model.token_eos()}
                 for mark in (".", "?", "!"):

@@ -9,7 +9,16 @@ from typing import Any
 
 from .. import log
 from ..conversation.tools import Tool
-from .llm import LLM, LLMError, LLMEvent, LLMSession, Message, TextDelta, open_session
+from .llm import (
+    LLM,
+    LLMError,
+    LLMEvent,
+    LLMSession,
+    Message,
+    TextDelta,
+    open_session,
+    stream_once,
+)
 from .stt import Transcript
 
 logger = log.get(__name__)
@@ -50,13 +59,8 @@ class FallbackLLM:
     def session(self) -> FallbackSession:
         return FallbackSession(self)
 
-    async def stream(self, messages: list[Message], tools: list[Tool]) -> AsyncIterator[LLMEvent]:
-        session = self.session()
-        try:
-            async for event in session.stream(messages, tools):
-                yield event
-        finally:
-            session.close()
+    def stream(self, messages: list[Message], tools: list[Tool]) -> AsyncIterator[LLMEvent]:
+        return stream_once(self.session(), messages, tools)
 
 
 class FallbackSession:

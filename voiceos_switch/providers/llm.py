@@ -179,6 +179,51 @@ class _Instance:
         self.last_used = 0.0
 
 
+async def stream_once(
+    session: LLMSession, messages: list[Message], tools: list[Tool]
+) -> AsyncIterator[LLMEvent]:
+    """One request on ``session``, closed when the stream ends or is dropped."""
+    try:
+        async for event in session.stream(messages, tools):
+            yield event
+    finally:
+        session.close()
+
+
+class _Unmuted:
+    """Stands in for llama-cpp-python's ``suppress_stdout_stderr``."""
+
+    def __init__(self, disable: bool = True) -> None:
+        pass
+
+    def __enter__(self) -> _Unmuted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def load_llama(**kwargs: Any) -> Any:
+    """A llama.cpp model, loaded quietly without muting the process.
+
+    ``Llama(verbose=False)`` points file descriptors 1 and 2 at /dev/null
+    while it loads and evaluates, for the whole process: every log line
+    another thread writes meanwhile (a call that comes while the models
+    load) is lost. Its quiet mode needs none of that: llama.cpp's own log
+    goes through a callback that drops all but errors, and its Python
+    messages are printed only when verbose. So the muting is switched off
+    (in the modules of the pinned version that use it)."""
+    import importlib
+
+    for name in ("llama_cpp.llama", "llama_cpp._internals", "llama_cpp.llama_chat_format"):
+        module = importlib.import_module(name)
+        if hasattr(module, "suppress_stdout_stderr"):
+            setattr(module, "suppress_stdout_stderr", _Unmuted)  # noqa: B010
+    from llama_cpp import Llama
+
+    return Llama(verbose=False, **kwargs)
+
+
 class LocalLLM:
     name = "local"
     #: a small model follows a short system prompt better than a long one
@@ -195,10 +240,15 @@ class LocalLLM:
         model_path: Path | None = None,
         max_tokens: int = 60,
         temperature: float = 0.0,
-        threads: int = 2,
+        threads: int = 1,
         context: int = 2048,
         instances: int = 4,
     ) -> None:
+        """``threads``: llama.cpp's threads wait for each other at every
+        layer, so one that is preempted stalls them all; on two busy cores
+        two threads took 6.9 s to a first token where one took 79 ms
+        (measured, with one other busy process). One thread is the
+        default."""
         self.model_path = model_path or default_gguf()
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -208,15 +258,12 @@ class LocalLLM:
         self.first_token_s: list[tuple[int, float]] = []  # (new prompt tokens, seconds)
 
     def _new_llama(self, chat_format: str) -> Any:
-        from llama_cpp import Llama
-
-        return Llama(
+        return load_llama(
             model_path=str(self.model_path),
             n_ctx=self.context,
             n_threads=self.threads,
             n_threads_batch=self.threads,
             chat_format=chat_format,
-            verbose=False,
         )
 
     def _model(self, chat_format: str) -> Any:
@@ -286,14 +333,9 @@ class LocalLLM:
     def session(self) -> LocalSession:
         return LocalSession(self)
 
-    async def stream(self, messages: list[Message], tools: list[Tool]) -> AsyncIterator[LLMEvent]:
-        """One request on a shared context (no session)."""
-        session = self.session()
-        try:
-            async for event in session.stream(messages, tools):
-                yield event
-        finally:
-            session.close()
+    def stream(self, messages: list[Message], tools: list[Tool]) -> AsyncIterator[LLMEvent]:
+        """One request on a context of its own for the request (no session)."""
+        return stream_once(self.session(), messages, tools)
 
 
 def _evaluate(model: Any, prompt: str, logits: bool = True) -> int:
@@ -474,6 +516,26 @@ class OpenAICompatLLM:
         self._client = AsyncOpenAI(
             base_url=base_url, api_key=api_key or "not-needed", timeout=timeout, max_retries=0
         )
+
+    async def load(self, tools: bool = True) -> None:
+        """Build the client's lazily made parts (resources, the streamed
+        chunk type's validator) now, not on the first caller's turn."""
+
+        def build() -> None:
+            from openai.types.chat import ChatCompletionChunk
+
+            _ = self._client.chat.completions
+            ChatCompletionChunk.model_validate(
+                {
+                    "id": "warm",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": self.model,
+                    "choices": [{"index": 0, "delta": {"content": "ready"}}],
+                }
+            )
+
+        await asyncio.to_thread(build)
 
     async def stream(self, messages: list[Message], tools: list[Tool]) -> AsyncIterator[LLMEvent]:
         kwargs: dict[str, Any] = {}

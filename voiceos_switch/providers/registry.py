@@ -167,7 +167,13 @@ async def warm_up(
     # the VAD's ONNX session loads and runs its first inference in ~0.3 s:
     # not on the event loop while the first caller's audio (and every other
     # call's pacing) waits
-    await asyncio.to_thread(lambda: [VADStream(rate) for rate in (8000, 16000)])
+    def vad_warm() -> None:
+        import webrtcvad  # noqa: F401 - its import takes pkg_resources along: 0.2 s
+
+        for rate in (8000, 16000):  # the session, and its first (slow) inference
+            VADStream(rate, gate=False).feed(bytes(rate // 10 * 2))
+
+    await asyncio.to_thread(vad_warm)
     load = getattr(stt, "load", None)
     if load is not None:
         await load()

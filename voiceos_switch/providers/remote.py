@@ -8,6 +8,7 @@ this machine when the service errors or stalls.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -56,6 +57,21 @@ class OpenAICompatSTT:
         self.name = f"openai-stt:{model}"
         self.language = language
         self._client = _client(base_url, api_key, timeout_s)
+
+    async def load(self) -> None:
+        """Build what the client builds on its first request (its resource
+        objects and the response types' validators: about 0.2 s), here and
+        not on the first caller's turn, where it would stall the event loop."""
+
+        def build() -> None:
+            from openai.types.audio import TranscriptionVerbose
+
+            _ = self._client.audio.transcriptions
+            TranscriptionVerbose.model_validate(
+                {"text": "", "language": "en", "duration": 0.0, "words": []}
+            )
+
+        await asyncio.to_thread(build)
 
     async def transcribe(self, pcm: bytes, sample_rate: int, final: bool = True) -> Transcript:
         audio_s = len(pcm) / 2 / sample_rate

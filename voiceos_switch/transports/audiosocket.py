@@ -77,7 +77,19 @@ class AudioSocketCall(InboxMedia):
             self._pacer.resume()
 
     async def hangup(self) -> None:
+        await self.finish_playing()
         self._conn.hangup("agent hung up")
+
+    async def finish_playing(self, timeout: float = 30.0) -> None:
+        # Asterisk plays each frame as it arrives: sent is heard
+        pacer = self._pacer
+        if pacer is None:
+            return
+        deadline = time.monotonic() + min(timeout, pacer.queued_frames * 0.02 + 1.0)
+        while time.monotonic() < deadline:
+            if not pacer.speaking or self._ended is not None:
+                return
+            await asyncio.sleep(0.02)
 
     def monitor_output(self, callback: Callable[[bytes, float], None]) -> None:
         if self._pacer is not None:

@@ -1,8 +1,12 @@
 """FreeSWITCH media over WebSocket: mod_audio_stream (and mod_audio_fork).
 
-FreeSWITCH is the WebSocket client. It sends the metadata the dialplan gave
-``uuid_audio_stream`` as the first text message (we pass JSON with the call
-uuid, rate and channel layout), then raw PCM16 frames: ``mono`` is what the
+FreeSWITCH is the WebSocket client. The dialplan puts the call's uuid and
+rate in the stream URL (``ws://bridge:9093/<token>/<uuid>/<rate>``) and
+passes JSON metadata (uuid, rate, layout, numbers), which mod_audio_stream
+sends as a text message, usually first; when the channel already has
+another media bug (``record_session``) an audio frame comes first, so early
+audio is held until the metadata arrives (or briefly, when the URL already
+names the call). Then raw PCM16 frames: ``mono`` is what the
 caller says, ``stereo`` interleaves the caller (left) with what the channel
 plays (right; dropped here, so the agent never hears itself), ``mixed`` sums
 both and is refused for the same reason.
@@ -28,7 +32,6 @@ import collections
 import hmac
 import json
 import time
-import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -51,6 +54,15 @@ RATES = (8000, 16000)
 FILE_SEAM_S = 0.12
 #: messages of agent audio waiting for a slow socket before the call is dropped
 MAX_OUTBOX = 50
+#: how long a new call waits for an event socket that is (re)connecting
+ESL_WAIT_S = 2.0
+#: how long early audio waits for the metadata when the URL names the call
+METADATA_WAIT_S = 0.5
+#: early frames held at most while waiting for the metadata (2 s of audio)
+MAX_EARLY_FRAMES = 100
+#: where a call goes when the bridge cannot keep it (the shipped dialplan's
+#: fallback: the humans, with the reason in ``voiceos_fallback_reason``)
+FALLBACK = ("voiceos_fallback", "XML", "voiceos-agent")
 
 
 class StreamError(ValueError):
@@ -67,8 +79,11 @@ class StreamMeta:
     extra: dict[str, Any] | None = None
 
 
-def parse_metadata(text: str, path_call_id: str | None = None) -> StreamMeta:
-    """The first text message: our JSON, or anything a dialplan passed."""
+def parse_metadata(
+    text: str, path_call_id: str | None = None, path_rate: int | None = None
+) -> StreamMeta:
+    """The metadata text message: our JSON, or anything a dialplan passed.
+    The URL's uuid and rate (``path_*``) stand in for what it lacks."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError:
@@ -78,7 +93,7 @@ def parse_metadata(text: str, path_call_id: str | None = None) -> StreamMeta:
     call_id = str(obj.get("uuid") or obj.get("callSid") or path_call_id or "")
     if not call_id:
         raise StreamError("the stream's metadata carries no call uuid")
-    rate_raw = str(obj.get("rate", obj.get("sampleRate", 8000))).lower().rstrip("k")
+    rate_raw = str(obj.get("rate", obj.get("sampleRate", path_rate or 8000))).lower().rstrip("k")
     try:
         rate = int(rate_raw) * (1000 if int(rate_raw) < 100 else 1)
     except ValueError as exc:
@@ -100,6 +115,19 @@ def parse_metadata(text: str, path_call_id: str | None = None) -> StreamMeta:
         called=str(obj.get("called", "")),
         extra=obj,
     )
+
+
+def path_parts(path: str) -> tuple[str | None, int | None]:
+    """The call uuid and rate from ``/<token>[/<uuid>[/<rate>]]``."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    call_id = parts[1] if len(parts) > 1 and parts[1] else None
+    rate = None
+    if len(parts) > 2 and parts[2]:
+        try:
+            rate = parse_metadata(json.dumps({"uuid": "x", "rate": parts[2]})).rate
+        except StreamError:
+            rate = None
+    return call_id, rate
 
 
 def caller_channel(frame: bytes, mix: str) -> bytes:
@@ -153,6 +181,11 @@ class StreamCall(InboxMedia):
         self._stale_before = 0  # ::play events up to this ordinal were cut by a break
         self.recording: CallRecording | None = None
         self.play_errors = 0
+        #: files handed to ``uuid_broadcast`` that FreeSWITCH has not finished
+        self._playing: set[str] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        if server.control is not None and server.watchdog_s > 0:
+            self._watchdog = asyncio.get_running_loop().create_task(self._keep_alive())
 
     # CallMedia -----------------------------------------------------------------
     def send_audio(self, pcm: bytes) -> Playout:
@@ -179,14 +212,80 @@ class StreamCall(InboxMedia):
         self.pacer.resume()
 
     async def hangup(self) -> None:
+        """Let FreeSWITCH finish playing what the caller is hearing, then
+        end the call there and close the stream. Runs to the end even if
+        the task that asked is cancelled as the media ends."""
+        task = asyncio.ensure_future(self._hang_up())
+        self.server.spawn(task)
+        await asyncio.shield(task)
+
+    async def _hang_up(self) -> None:
         control = self.server.control
-        self._finish(MediaEnded("agent hung up"))
-        await self.ws.close(1000, "agent hung up")
+        if self._ended is None:
+            await self.finish_playing()
+        await self.stop_watchdog()
         if control is not None and self.call_id not in control.transferred:
             try:
                 await control.hangup(self.call_id)
             except ESLError as exc:
-                logger.warning(log.kv(event="hangup_failed", error=exc))
+                logger.warning(
+                    log.kv(event="hangup_failed", error=exc), extra={"call_id": self.call_id}
+                )
+        self._finish(MediaEnded("agent hung up"))
+        await self.ws.close(1000, "agent hung up")
+
+    async def finish_playing(self, timeout: float = 30.0) -> None:
+        """Until the caller has heard everything sent (FreeSWITCH reports each
+        file's PLAYBACK_STOP), bounded by what is left to play plus a margin."""
+        clock = self.server.clock.clock
+        left = self.pacer.ahead(clock.now()) + self.pacer.queued_frames * FRAME_MS / 1000
+        deadline = time.monotonic() + min(timeout, left + 2.0)
+        while time.monotonic() < deadline and self._ended is None:
+            waiting = self.pacer.queued_frames > 0
+            if self.server.playback == "files":
+                waiting = waiting or self._plays_pending > 0 or bool(self._playing)
+            else:
+                waiting = waiting or self.pacer.ahead(clock.now()) > 0
+            if not waiting:
+                return
+            await asyncio.sleep(FRAME_MS / 1000)
+
+    async def stop_watchdog(self) -> None:
+        """The bridge lets go of the call (transfer, hangup): FreeSWITCH must
+        not move it to the fallback later."""
+        task, self._watchdog = self._watchdog, None
+        if task is None:
+            return
+        task.cancel()
+        control = self.server.control
+        if control is not None:
+            await self._run_control("sched_del", control.cancel_fallback(self.call_id))
+
+    async def _keep_alive(self) -> None:
+        """While the bridge has the call, push FreeSWITCH's scheduled move to
+        the fallback ahead of it: if the bridge dies, the call reaches a
+        person within ``watchdog_s`` instead of sitting parked in silence."""
+        control = self.server.control
+        assert control is not None
+        every = self.server.watchdog_s / 3
+        slot = 0
+        try:  # if the fallback fires from now on, this is why
+            await control.set_var(self.call_id, "voiceos_fallback_reason", "the bridge went away")
+        except ESLError as exc:
+            logger.warning(
+                log.kv(event="watchdog_failed", error=exc), extra={"call_id": self.call_id}
+            )
+        while True:
+            try:
+                await control.schedule_fallback(
+                    self.call_id, self.server.watchdog_s, FALLBACK, slot
+                )
+                slot = 1 - slot
+            except ESLError as exc:
+                logger.warning(
+                    log.kv(event="watchdog_failed", error=exc), extra={"call_id": self.call_id}
+                )
+            await asyncio.sleep(every)
 
     def monitor_output(self, callback: Callable[[bytes, float], None]) -> None:
         self.pacer.monitor = callback
@@ -212,6 +311,7 @@ class StreamCall(InboxMedia):
     def _break(self) -> None:
         """Stop what the PBX is playing; later ::play events of it are stale."""
         self._stale_before = self.pacer.chunks_sent
+        self._playing.clear()
         if self.server.playback == "fork":
             self._outbox.put_nowait(json.dumps({"type": "killAudio"}))
         elif self.server.control is not None:
@@ -244,9 +344,13 @@ class StreamCall(InboxMedia):
             return
         control = self.server.control
         if control is not None:
+            self._playing.add(path)
             self.server.spawn(
                 self._run_control("uuid_broadcast", control.broadcast(self.call_id, path))
             )
+
+    def on_playback_stop(self, event: esl.Event) -> None:
+        self._playing.discard(event.get("Playback-File-Path") or "")
 
     async def _send_loop(self) -> None:
         while True:
@@ -277,6 +381,11 @@ class StreamCall(InboxMedia):
         if self._ended is not None:
             return
         self._ended = ended
+        if self._watchdog is not None:
+            # the stream is gone (the call ended, or the bridge lost it): what
+            # is scheduled stays, and moves the call only if it is still up
+            self._watchdog.cancel()
+            self._watchdog = None
         self.pacer.clear()
         self.server.clock.discard(self.pacer)
         self._outbox.put_nowait(None)
@@ -305,6 +414,7 @@ class AudioStreamServer:
         handshake_timeout: float = 5.0,
         max_frame_bytes: int = 16384,
         recorder: Callable[[str, int], CallRecording] | None = None,
+        watchdog_s: float = 3.0,
     ) -> None:
         if not token or len(token) < 16:
             raise ValueError("the stream token must be at least 16 characters")
@@ -320,6 +430,9 @@ class AudioStreamServer:
         self.handshake_timeout = handshake_timeout
         self.max_frame_bytes = max_frame_bytes
         self.recorder = recorder
+        #: FreeSWITCH moves a call to the fallback this long after the bridge
+        #: last said it has it (0: never)
+        self.watchdog_s = watchdog_s
         self.calls: dict[str, StreamCall] = {}
         self.stats = collections.Counter[str]()
         self._server: Any = None
@@ -348,6 +461,9 @@ class AudioStreamServer:
             max_size=self.max_frame_bytes,
             compression=None,
             ping_interval=None,  # FreeSWITCH's client does not answer pings reliably
+            # FreeSWITCH answers a close at once; one that does not must not
+            # hold its channel's stream stop (and a fallback) for 10 s
+            close_timeout=2.0,
         )
         sock = next(iter(self._server.sockets)).getsockname()
         self.address = (sock[0], sock[1])
@@ -359,7 +475,7 @@ class AudioStreamServer:
         assert self.address is not None
         return f"ws://{host or self.address[0]}:{self.address[1]}/{self._token}"
 
-    def _authorise(self, connection: Any, request: Any) -> Any:
+    async def _authorise(self, connection: Any, request: Any) -> Any:
         path = request.path.split("?", 1)[0].strip("/")
         given = path.split("/", 1)[0]
         auth = request.headers.get("Authorization", "")
@@ -375,39 +491,83 @@ class AudioStreamServer:
         if len(self.calls) >= self.max_calls:
             self.stats["refused"] += 1
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many calls\n")
+        # a call the bridge cannot play to is refused before the upgrade: no
+        # audio piles up unread, and FreeSWITCH's stream ends at once
+        call_id, _ = path_parts(request.path)
+        refusal = await self._cannot_play(call_id or "")
+        if refusal:
+            self.stats["refused"] += 1
+            logger.error(log.kv(event="call_refused", reason=refusal), extra={"call_id": call_id})
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, refusal + "\n")
         return None
 
     async def _handle(self, ws: Any) -> None:
-        path = ws.request.path.split("?", 1)[0].strip("/").split("/")
-        path_call_id = path[1] if len(path) > 1 else None
+        path_call_id, path_rate = path_parts(ws.request.path)
         self.stats["connections"] += 1
         try:
-            first = await asyncio.wait_for(ws.recv(), self.handshake_timeout)
-        except TimeoutError:
-            self.stats["handshake_timeouts"] += 1
-            logger.warning(log.kv(event="stream_closed", reason="no metadata or audio in time"))
-            await ws.close(1008, "nothing received")
-            return
-        except Exception:  # noqa: BLE001 - closed before a word
-            return
-        try:
-            if isinstance(first, str):
-                meta, pending = parse_metadata(first, path_call_id), None
-            else:
-                meta = StreamMeta(path_call_id or str(uuidlib.uuid4()))
-                pending = first
+            meta, early = await self._identify(ws, path_call_id, path_rate)
         except StreamError as exc:
             self.stats["protocol_errors"] += 1
             logger.warning(log.kv(event="stream_closed", reason=str(exc)))
             await ws.close(1008, str(exc)[:100])
             return
+        except Exception:  # noqa: BLE001 - closed before a word
+            return
         if meta.call_id in self.calls:
             self.stats["protocol_errors"] += 1
             await ws.close(1008, "a stream for this call is already open")
             return
-        await self._run(ws, meta, pending)
+        await self._run(ws, meta, early)
 
-    async def _run(self, ws: Any, meta: StreamMeta, pending: bytes | None) -> None:
+    async def _identify(
+        self, ws: Any, path_call_id: str | None, path_rate: int | None
+    ) -> tuple[StreamMeta, list[bytes]]:
+        """The call's metadata, whatever the order of the first messages:
+        audio that comes before it is held (and played to the agent once the
+        call is known). A URL that names the call waits for the metadata only
+        briefly; one that does not must be followed by metadata in time."""
+        early: list[bytes] = []
+        deadline = time.monotonic() + self.handshake_timeout
+        while True:
+            wait = deadline - time.monotonic()
+            if path_call_id is not None and early:
+                wait = min(wait, METADATA_WAIT_S - len(early) * FRAME_MS / 1000)
+            try:
+                message = await asyncio.wait_for(ws.recv(), max(0.0, wait))
+            except TimeoutError:
+                message = None
+            if isinstance(message, str):
+                return parse_metadata(message, path_call_id, path_rate), early
+            if message is not None and len(early) < MAX_EARLY_FRAMES:
+                early.append(message)
+                continue
+            if path_call_id is not None and early:
+                return StreamMeta(path_call_id, path_rate or 8000), early
+            self.stats["handshake_timeouts"] += 1
+            if not early:
+                raise StreamError(f"no metadata or audio within {self.handshake_timeout:g} s")
+            raise StreamError(
+                f"{len(early)} audio frames and no metadata within {self.handshake_timeout:g} s, "
+                "and the stream URL names no call: use ws://bridge/<token>/<uuid>/<rate> "
+                "(the shipped dialplan does)"
+            )
+
+    async def _cannot_play(self, call_id: str) -> str:
+        """Why the bridge could not play to this call, or ''. An event socket
+        that is (re)connecting gets a moment."""
+        if self.playback != "files":
+            return ""
+        control = self.control
+        if control is None:
+            return "no event socket to play agent audio with"
+        if not control.reaches(call_id):
+            await control.wait_ready(ESL_WAIT_S)
+        if not control.reaches(call_id):
+            why = control.last_error or "not connected"
+            return f"cannot play to FreeSWITCH: the event socket is down ({why})"
+        return ""
+
+    async def _run(self, ws: Any, meta: StreamMeta, early: list[bytes]) -> None:
         call = StreamCall(self, meta, ws)
         self.calls[call.call_id] = call
         self.stats["calls"] += 1
@@ -430,8 +590,8 @@ class AudioStreamServer:
         agent.add_done_callback(self._tasks.discard)
         reason, error = "stream closed", False
         try:
-            if pending is not None:
-                call._push_audio(pending)
+            for frame in early:
+                call._push_audio(frame)
             async for message in ws:
                 if isinstance(message, bytes):
                     call._push_audio(message)
@@ -457,18 +617,39 @@ class AudioStreamServer:
     async def _run_call(self, call: StreamCall) -> None:
         await run_agent(self.on_call, call)
 
+    async def _hand_back(self, call: StreamCall) -> None:
+        control = self.control
+        if control is None or call._ended is not None:
+            return
+        try:
+            await control.set_var(call.call_id, "voiceos_fallback_reason", "bridge shutting down")
+            await control.redirect(call.call_id, FALLBACK[0], FALLBACK[2])
+            logger.info(log.kv(event="call_handed_back"), extra={"call_id": call.call_id})
+        except ESLError as exc:
+            logger.warning(
+                log.kv(event="hand_back_failed", error=exc), extra={"call_id": call.call_id}
+            )
+        await call.stop_watchdog()
+
     def _on_event(self, event: esl.Event) -> None:
         call = self.calls.get(event.uuid)
         if call is None:
             return
         if event.name == "CUSTOM" and event.subclass == "mod_audio_stream::play":
             call.on_play(event)
+        elif event.name == "PLAYBACK_STOP":
+            call.on_playback_stop(event)
         elif event.name == "DTMF":
             digit = event.get("DTMF-Digit")
             if digit:
                 call._inbox.put(DtmfIn(digit))
 
     async def close(self) -> None:
+        """Stop serving. Live calls are handed back to FreeSWITCH's fallback
+        (the humans) first, not left parked in silence."""
+        handback = [self._hand_back(call) for call in list(self.calls.values())]
+        if handback:
+            await asyncio.gather(*handback)
         for call in list(self.calls.values()):
             call._finish(MediaEnded("bridge shutting down"))
             self.spawn(call.ws.close(1001, "bridge shutting down"))
