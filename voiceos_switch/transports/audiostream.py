@@ -55,7 +55,7 @@ FILE_SEAM_S = 0.12
 #: messages of agent audio waiting for a slow socket before the call is dropped
 MAX_OUTBOX = 50
 #: how long a new call waits for an event socket that is (re)connecting
-ESL_WAIT_S = 2.0
+ESL_WAIT_S = 0.5
 #: how long early audio waits for the metadata when the URL names the call
 METADATA_WAIT_S = 0.5
 #: early frames held at most while waiting for the metadata (2 s of audio)
