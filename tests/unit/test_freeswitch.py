@@ -490,6 +490,10 @@ async def test_outbound_event_socket_starts_the_stream_and_plays(tmp_path: Path)
         await asyncio.wait_for(call.done.wait(), 5)
         assert standin.commands[:3] == ["connect", "myevents json", "linger"]
         assert any(c.startswith("api uuid_broadcast") for c in standin.commands)
+        # the call's fallback is kept up over its own connection too
+        assert any(
+            c.startswith(f"api sched_api +3 voiceos-fallback-{call.uuid}") for c in standin.commands
+        )
         played = sum(stop - start for start, stop, _ in call.plays)
         assert 0.9 < played < 1.2
         for _ in range(50):

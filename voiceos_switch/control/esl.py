@@ -351,17 +351,21 @@ class ESLController:
             self.transferred.discard(uuid)
 
     # commands -------------------------------------------------------------------
-    def _connection_for(self, command: str) -> _Connection | None:
-        """A call's own outbound connection for its ``uuid_*`` commands, else
-        the inbound one."""
+    def _connection_for(self, command: str, call_id: str = "") -> _Connection | None:
+        """A call's own outbound connection for its ``uuid_*`` commands (and
+        any other command made for it, ``call_id``), else the inbound one."""
         parts = command.split(" ", 2)
         if len(parts) > 1 and parts[0].startswith("uuid_") and parts[1] in self._outbound:
             return self._outbound[parts[1]]
+        if call_id in self._outbound:
+            return self._outbound[call_id]
         return self._conn if self._ready.is_set() else None
 
-    async def api(self, command: str, timeout: float = 5.0) -> str:
-        """Run an API command; its text on success, :class:`ESLError` otherwise."""
-        conn = self._connection_for(command)
+    async def api(self, command: str, timeout: float = 5.0, call_id: str = "") -> str:
+        """Run an API command; its text on success, :class:`ESLError` otherwise.
+        ``call_id``: the command is for that call (its outbound connection, if
+        it has one, carries it)."""
+        conn = self._connection_for(command, call_id)
         if conn is None:
             raise ESLError(f"not connected to FreeSWITCH at {self.host}:{self.port}")
         try:
@@ -430,13 +434,14 @@ class ESLController:
         extension, dialplan, context = target
         await self.api(
             f"sched_api +{max(1, round(after_s))} {fallback_group(call_id, slot)} "
-            f"uuid_transfer {call_id} {extension} {dialplan} {context}"
+            f"uuid_transfer {call_id} {extension} {dialplan} {context}",
+            call_id=call_id,
         )
-        await self.api(f"sched_del {fallback_group(call_id, 1 - slot)}")
+        await self.api(f"sched_del {fallback_group(call_id, 1 - slot)}", call_id=call_id)
 
     async def cancel_fallback(self, call_id: str) -> None:
         for slot in (0, 1):
-            await self.api(f"sched_del {fallback_group(call_id, slot)}")
+            await self.api(f"sched_del {fallback_group(call_id, slot)}", call_id=call_id)
 
     async def broadcast(self, call_id: str, path: str) -> None:
         await self.api(f"uuid_broadcast {call_id} {path} aleg")
