@@ -139,6 +139,10 @@ class Agent:
         self._store: Any = None
         self._models_loaded = False
         self._loading: asyncio.Event | None = None
+        from .conversation.speechcache import SpeechCache
+
+        #: the audio of the agent's fixed lines, rendered once for every call
+        self.speech_cache = SpeechCache()
         self._outbox_wakeup: asyncio.Event | None = None
 
     # events ----------------------------------------------------------------
@@ -304,10 +308,32 @@ class Agent:
                 self._llm, self._stt, bool(self.tools), self._turn_model, self._text_turn
             )
             await self.knowledge.load()
+            await self._render_fixed_lines()
             warm = getattr(self._llm, "warm", None)
             if warm is not None:
                 await warm(self._prompt_prefix())
         self._models_loaded = True
+
+    async def _render_fixed_lines(self) -> None:
+        """The facts, the greeting and the engine's own lines, in the agent's
+        voice at the telephone rate, before the first call needs them."""
+        from .conversation.engine import NOT_SURE, TROUBLE, ConversationConfig
+
+        cfg = ConversationConfig()
+        lines = [f.answer for f in self.knowledge.facts]
+        lines += [self.greeting or "", cfg.reprompt_text, cfg.goodbye_text, cfg.not_heard_text]
+        lines += [NOT_SURE, TROUBLE, "Connecting you to a person."]
+        started = time.monotonic()
+        rendered = await self.speech_cache.render(
+            self._tts_provider(), [line for line in lines if line], 8000
+        )
+        logger.info(
+            log.kv(
+                event="fixed_lines_rendered",
+                clauses=rendered,
+                ms=round((time.monotonic() - started) * 1000),
+            )
+        )
 
     def _prompt_prefix(self) -> list[dict[str, Any]]:
         from .conversation.engine import system_message
@@ -402,10 +428,11 @@ class Agent:
                 style=self.style,
                 reprompt_after_s=self.reprompt_after_s,
             ),
-            emit=runner.post,
+            emit=self._conversation_events(call, runner),
             turn_model=self._turn_model,
             text_turn=self._text_turn,
             knowledge=self.knowledge,
+            speech_cache=self.speech_cache,
         )
         self.conversations[call.id] = conversation
         runner.post("call_started", call)
@@ -480,10 +507,25 @@ class Agent:
         name = {"*": "star"}.get(digit, digit)
         return asyncio.create_task(call.say(f"You pressed {name}."))
 
-    async def _say_then_transfer(self, call: Call) -> None:
+    def _conversation_events(self, call: Call, runner: HandlerRunner) -> Callable[..., None]:
+        """The conversation's events go to the handlers; a caller asking for
+        a person is handed over by the agent itself unless a handler for
+        ``escalation_requested`` decides instead."""
+        handing_over: set[asyncio.Task[Any]] = set()
+
+        def emit(name: str, *args: Any) -> None:
+            runner.post(name, *args)
+            if name == "escalation_requested" and not self.has_handlers(name):
+                task = asyncio.ensure_future(self._say_then_transfer(call))
+                handing_over.add(task)
+                task.add_done_callback(handing_over.discard)
+
+        return emit
+
+    async def _say_then_transfer(self, call: Call, include_transcript: bool = True) -> None:
         await call.say("Connecting you to a person.")
         try:
-            await self.transfer_to_human(call)
+            await self.transfer_to_human(call, include_transcript=include_transcript)
         except TransferError as exc:
             logger.error(log.kv(event="transfer_failed", error=exc))
             await call.say("Sorry, nobody can take your call right now.")

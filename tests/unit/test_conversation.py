@@ -514,3 +514,15 @@ async def test_interrupting_the_greeting_still_gets_an_answer(clock: FrameClock)
     assert [m["role"] for m in h.conv.history] == ["assistant", "user", "assistant"]
     assert h.conv.history[1]["content"] == "What time do you open?"
     await h.hang_up()
+
+
+async def test_asking_for_a_person_is_escalated_not_answered(clock: FrameClock) -> None:
+    h = make(clock, ScriptedLLM(["Let me tell you about our store."]))
+    await h.silence(0.3)
+    await h.say("Can I talk to a person, please?")
+    await h.silence(1.5)
+    await h.wait_idle(turns=1)
+    assert ("escalation_requested", ("speech",)) in h.events  # type: ignore[attr-defined]
+    said = [(t.role, t.text) for t in h.conv.call.transcript]
+    assert said == [("caller", "Can I talk to a person, please?")]  # no answer of its own
+    await h.hang_up()

@@ -49,6 +49,7 @@ from ..providers.llm import (
 from ..speech import SpeechHandle, SpeechState
 from . import endpoint
 from .chunker import SentenceChunker
+from .intent import ESCALATE, intent_of
 from .knowledge import Knowledge, Match, ungrounded
 from .listener import (
     CueDropped,
@@ -67,6 +68,7 @@ from .listener import (
     VADLike,
     VoiceCue,
 )
+from .speechcache import SpeechCache, clauses
 from .tools import Tool
 
 logger = log.get(__name__)
@@ -247,6 +249,7 @@ class Conversation:
         knowledge: Knowledge | None = None,
         clock: Clock | None = None,
         gate: Any = None,
+        speech_cache: SpeechCache | None = None,
     ) -> None:
         self.call = call
         self.media = media
@@ -257,6 +260,8 @@ class Conversation:
         self.clock = clock or MonotonicClock()
         self.rate = media.sample_rate
         self.knowledge = knowledge or Knowledge([])
+        #: the audio of fixed lines (facts, greeting, goodbye), shared by calls
+        self.speech_cache = speech_cache if speech_cache is not None else SpeechCache()
         if vad is None:
             from ..providers.vad import VADStream
 
@@ -665,12 +670,26 @@ class Conversation:
         if self.call.transferred_to is not None or self.media.ended:
             reply.handle.cancel()  # the caller is with a person now
             return
+        if intent_of(text) == ESCALATE:
+            self._escalate(reply)
+            return
         previous = self._reply
         if previous is not None and previous.handle is not reply.handle:
             previous.handle.interrupt()  # the caller spoke again before it was heard
         self._reply = reply
         self._answered = reply
         self._confirm(reply)
+
+    def _escalate(self, reply: _Reply) -> None:
+        """The caller asked for a person: no answer of the agent's own; the
+        agent's handlers (or its built-in hand-off) take the call."""
+        reply.handle.cancel()
+        previous = self._reply
+        if previous is not None and previous.handle is not reply.handle:
+            previous.handle.interrupt()
+        self._reply = self._answered = None
+        logger.info(log.kv(event="escalation_requested", source="speech"))
+        self.emit("escalation_requested", self.call, "speech")
 
     def _merge_unanswered(self, ended: TurnEnded) -> str | None:
         """The caller spoke again before a word of the reply to their last
@@ -856,19 +875,34 @@ class Conversation:
     async def _speak_into(
         self, handle: SpeechHandle, text: str, metrics: TurnMetrics | None
     ) -> None:
-        chunker = SentenceChunker()
-        for chunk in chunker.feed(text + " ") + chunker.flush():
-            await self._synth(handle, chunk, metrics)
+        """A fixed line (a fact, the greeting, a goodbye): its clauses' audio
+        comes from the speech cache when it has been rendered before."""
+        for chunk in clauses(text):
+            await self._synth(handle, chunk, metrics, fixed=True)
 
-    async def _synth(self, handle: SpeechHandle, text: str, metrics: TurnMetrics | None) -> None:
+    async def _synth(
+        self, handle: SpeechHandle, text: str, metrics: TurnMetrics | None, fixed: bool = False
+    ) -> None:
         handle.begin(text)
         self.call.usage.tts_chars += len(text)
+        cached = self.speech_cache.get(self.tts, text, self.rate) if fixed else None
+        if cached is not None:
+            if handle.ended:
+                return
+            if metrics is not None and metrics.tts_first_audio is None:
+                metrics.tts_first_audio = self.clock.now()
+            handle.audio(cached)
+            return
+        rendered = bytearray()
         async for pcm in self.tts.stream(text, self.rate):
             if handle.ended:
                 return
             if metrics is not None and metrics.tts_first_audio is None:
                 metrics.tts_first_audio = self.clock.now()
             handle.audio(pcm)
+            rendered += pcm
+        if fixed:
+            self.speech_cache.put(self.tts, text, self.rate, bytes(rendered))
 
     # ------------------------------------------------------------- replies
     def _system_message(self) -> dict[str, Any]:
