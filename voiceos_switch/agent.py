@@ -50,6 +50,8 @@ DEFAULT_PROMPT = "You are a helpful phone agent."
 
 #: how long a finished call waits for its handlers before it lets them go
 HANDLER_DRAIN_S = 10.0
+#: what the agent says as it hands a caller to a person (rendered in advance)
+CONNECTING = "Connecting you to a person."
 
 
 class ConfigurationError(ValueError):
@@ -322,7 +324,7 @@ class Agent:
         cfg = ConversationConfig()
         lines = [f.answer for f in self.knowledge.facts]
         lines += [self.greeting or "", cfg.reprompt_text, cfg.goodbye_text, cfg.not_heard_text]
-        lines += [NOT_SURE, TROUBLE, "Connecting you to a person."]
+        lines += [NOT_SURE, TROUBLE, CONNECTING]
         started = time.monotonic()
         rendered = await self.speech_cache.render(
             self._tts_provider(), [line for line in lines if line], 8000
@@ -523,7 +525,7 @@ class Agent:
         return emit
 
     async def _say_then_transfer(self, call: Call, include_transcript: bool = True) -> None:
-        await call.say("Connecting you to a person.")
+        await call.say(CONNECTING)
         try:
             await self.transfer_to_human(call, include_transcript=include_transcript)
         except TransferError as exc:

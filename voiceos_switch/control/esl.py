@@ -379,7 +379,7 @@ class ESLController:
 
     def reaches(self, call_id: str) -> bool:
         """Whether commands for this call can reach FreeSWITCH now."""
-        return self._connection_for(f"uuid_ {call_id}") is not None
+        return self._connection_for("", call_id) is not None
 
     async def send_event(
         self, subclass: str, headers: dict[str, str], body: str = "", call_id: str = ""
@@ -392,7 +392,7 @@ class ESLController:
             raise ValueError("an event with Unique-ID is queued on the channel, not fired")
         if call_id:
             headers = {"Voiceos-Call-UUID": call_id, **headers}
-        conn = self._connection_for(f"uuid_ {call_id}")
+        conn = self._connection_for("", call_id)
         if conn is None:
             raise ESLError("not connected to FreeSWITCH")
         data = esl.encode_command(

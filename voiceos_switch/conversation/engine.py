@@ -885,22 +885,24 @@ class Conversation:
     ) -> None:
         handle.begin(text)
         self.call.usage.tts_chars += len(text)
-        cached = self.speech_cache.get(self.tts, text, self.rate) if fixed else None
-        if cached is not None:
-            if handle.ended:
-                return
-            if metrics is not None and metrics.tts_first_audio is None:
-                metrics.tts_first_audio = self.clock.now()
-            handle.audio(cached)
-            return
-        rendered = bytearray()
-        async for pcm in self.tts.stream(text, self.rate):
+        async for pcm in self._audio_of(text, fixed):
             if handle.ended:
                 return
             if metrics is not None and metrics.tts_first_audio is None:
                 metrics.tts_first_audio = self.clock.now()
             handle.audio(pcm)
+
+    async def _audio_of(self, text: str, fixed: bool) -> AsyncIterator[bytes]:
+        """The voice's audio for ``text``; a fixed line's from the speech
+        cache, and kept there once rendered whole."""
+        cached = self.speech_cache.get(self.tts, text, self.rate) if fixed else None
+        if cached is not None:
+            yield cached
+            return
+        rendered = bytearray()
+        async for pcm in self.tts.stream(text, self.rate):
             rendered += pcm
+            yield pcm
         if fixed:
             self.speech_cache.put(self.tts, text, self.rate, bytes(rendered))
 

@@ -79,6 +79,18 @@ class StreamMeta:
     extra: dict[str, Any] | None = None
 
 
+def parse_rate(value: object) -> int:
+    """A stream rate as dialplans write it: 8000, "16000", "8k", 16."""
+    raw = str(value).lower().rstrip("k")
+    try:
+        rate = int(raw) * (1000 if int(raw) < 100 else 1)
+    except ValueError as exc:
+        raise StreamError(f"bad rate {value!r} in the stream's metadata or URL") from exc
+    if rate not in RATES:
+        raise StreamError(f"unsupported rate {rate} Hz (8000 or 16000)")
+    return rate
+
+
 def parse_metadata(
     text: str, path_call_id: str | None = None, path_rate: int | None = None
 ) -> StreamMeta:
@@ -93,13 +105,7 @@ def parse_metadata(
     call_id = str(obj.get("uuid") or obj.get("callSid") or path_call_id or "")
     if not call_id:
         raise StreamError("the stream's metadata carries no call uuid")
-    rate_raw = str(obj.get("rate", obj.get("sampleRate", path_rate or 8000))).lower().rstrip("k")
-    try:
-        rate = int(rate_raw) * (1000 if int(rate_raw) < 100 else 1)
-    except ValueError as exc:
-        raise StreamError(f"bad rate {obj.get('rate')!r} in the stream's metadata") from exc
-    if rate not in RATES:
-        raise StreamError(f"unsupported rate {rate} Hz (8000 or 16000)")
+    rate = parse_rate(obj.get("rate", obj.get("sampleRate", path_rate or 8000)))
     mix = str(obj.get("mix", "mono")).lower()
     if mix == "mixed":
         raise StreamError(
@@ -124,7 +130,7 @@ def path_parts(path: str) -> tuple[str | None, int | None]:
     rate = None
     if len(parts) > 2 and parts[2]:
         try:
-            rate = parse_metadata(json.dumps({"uuid": "x", "rate": parts[2]})).rate
+            rate = parse_rate(parts[2])
         except StreamError:
             rate = None
     return call_id, rate
