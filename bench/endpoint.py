@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stats import pct  # bench/stats.py (scripts run from bench/)
+from stats import logistic, pct  # bench/stats.py (scripts run from bench/)
 
 RATE = 8000
 PAUSE_DETECT_MS = 60
@@ -318,18 +318,6 @@ def _features(cues: dict[str, Any]) -> list[float]:
     return features(cues["turn_p"], cues["text"], cues["text_p"])
 
 
-def _logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> np.ndarray:
-    """L2-regularised logistic regression by Newton's method (bias unpenalised)."""
-    w = np.zeros(x.shape[1])
-    penalty = np.r_[0.0, np.ones(x.shape[1] - 1)] * l2
-    for _ in range(50):
-        p = 1 / (1 + np.exp(-x @ w))
-        grad = x.T @ (p - y) + penalty * w
-        hess = (x.T * (p * (1 - p))) @ x + np.diag(penalty)
-        w -= np.linalg.solve(hess, grad)
-    return w
-
-
 def fit(samples: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     """Fit the cue weights on every turn, pick each style's thresholds on
     cross-validated scores, and write them where the endpointer reads them."""
@@ -337,13 +325,13 @@ def fit(samples: list[dict[str, Any]], out: Path) -> dict[str, Any]:
 
     x = np.array([[1.0, *_features(s)] for s in samples])
     y = np.array([1.0 if s["kind"] == "complete" else 0.0 for s in samples])
-    w = _logistic(x, y)
+    w = logistic(x, y)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(y))
     cv = np.zeros(len(y))
     for fold in np.array_split(order, 5):
         train = np.setdiff1d(order, fold)
-        cv[fold] = 1 / (1 + np.exp(-x[fold] @ _logistic(x[train], y[train])))
+        cv[fold] = 1 / (1 + np.exp(-x[fold] @ logistic(x[train], y[train])))
     caller = np.array([s["source"] == "caller" for s in samples])
     # each style: the lowest "finished" threshold whose fast endings cut off
     # no more than its share of the caller-like cut turns

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
+
 FRAME = 320  # mono 8 kHz, 20 ms
 SEAM_S = 0.10  # silence between two queued uuid_broadcast playbacks (measured)
 CORE_UUID = str(uuidlib.uuid4())
@@ -673,3 +675,28 @@ def _read(path: str) -> bytes:
         return Path(path).read_bytes()
     except OSError:
         return b""
+
+
+def _loud(heard: bytearray, start: int, end: int) -> list[bool]:
+    """Which 20 ms frames of what the caller heard, in [start, end), carry sound."""
+    out = []
+    for i in range(start, end):
+        frame = np.frombuffer(bytes(heard[i * 320 : (i + 1) * 320]), dtype=np.int16)
+        out.append(frame.size > 0 and float(np.sqrt(np.mean(frame.astype(np.float64) ** 2))) > 300)
+    return out
+
+
+async def hears(call: StandinCall, what: str, ms: int, wait_s: float = 60.0) -> None:
+    """Wait on the stand-in caller's ear: ``heard`` (the agent has been
+    speaking for ``ms``) or ``quiet`` (then silent for ``ms``)."""
+    need = ms // 20
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if call.done.is_set():
+            raise AssertionError(f"the call ended while the caller waited for {what}")
+        now = int(call.now() / 0.02)
+        recent = _loud(call.heard, max(0, now - need), now)
+        if len(recent) == need and (all(recent) if what == "heard" else not any(recent)):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the caller waited {wait_s:g} s for the agent to be {what}")

@@ -10,15 +10,18 @@ _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .agent import Agent, CallControlError, ConfigurationError, TransferError  # noqa: E402
 from .call import Call, Turn  # noqa: E402
-from .conversation.tools import tool  # noqa: E402
+from .conversation.tools import tool, transfer_to_human  # noqa: E402
+from .providers.emotion import Emotion  # noqa: E402
 
 __all__ = [
     "Agent",
     "Call",
+    "Emotion",
     "CallControlError",
     "ConfigurationError",
     "TransferError",
     "Turn",
     "tool",
+    "transfer_to_human",
 ]
 __version__ = "0.1.0"

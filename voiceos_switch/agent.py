@@ -78,7 +78,7 @@ class Agent:
         voice: str | None = None,
         system_prompt: str | None = None,
         tools: Sequence[Callable[..., Any]] = (),
-        emotion_triggers: dict[str, float] | None = None,
+        emotion_triggers: Mapping[str, Any] | None = None,
         *,
         greeting: str | None = None,
         human_target: str | None = None,
@@ -86,6 +86,7 @@ class Agent:
         stt: str | None = None,
         facts: Sequence[str] | Mapping[str, str] | None = None,
         turn_detection: bool = True,
+        read_emotion: bool | None = None,
         reprompt_after_s: float = 8.0,
         name: str = "agent",
         settings: Settings | None = None,
@@ -108,7 +109,18 @@ class Agent:
         self.style = style
         self.system_prompt = system_prompt
         self.tools = list(tools)
-        self.emotion_triggers = dict(emotion_triggers or {})
+        from .conversation.emotion import parse_triggers
+
+        try:
+            #: what the agent does when the caller's emotion sets in
+            self.emotion_triggers = parse_triggers(emotion_triggers)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        #: the caller's emotion is read on every call (``emotion_detected``);
+        #: triggers need it read
+        if read_emotion is None:
+            read_emotion = self.settings.read_emotion
+        self.read_emotion = read_emotion or bool(self.emotion_triggers)
         if greeting is None:
             greeting = (
                 self.settings.greeting if model is None else "Hello! How can I help you today?"
@@ -176,14 +188,18 @@ class Agent:
             raise error(f"cannot {what}: the bridge has no AMI connection")
         return self.control
 
-    async def transfer_to_human(
+    def transfer_to_human(
         self,
         call: Call,
         target: str | None = None,
         include_transcript: bool = True,
         via: str = "redirect",
-    ) -> None:
+    ) -> asyncio.Task[None]:
         """Hand the caller to a human (``voiceos-humans``/``<target>`` in the dialplan).
+
+        It starts at once and returns the hand-off's task: ``await`` it to
+        know it was done (it raises :class:`TransferError` if not), or call
+        it from a plain handler and let it run (a failure is logged).
 
         The transcript so far goes with the call when ``include_transcript``
         is true: as the channel variable ``VOICEOS_TRANSCRIPT`` on Asterisk,
@@ -197,6 +213,18 @@ class Agent:
         """
         if via not in ("redirect", "dialplan"):
             raise ValueError(f"via must be 'redirect' or 'dialplan', not {via!r}")
+        task = asyncio.ensure_future(self._transfer(call, target, include_transcript, via))
+
+        def done(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                logger.error(log.kv(event="transfer_failed", error=t.exception()))
+
+        task.add_done_callback(done)
+        return task
+
+    async def _transfer(
+        self, call: Call, target: str | None, include_transcript: bool, via: str
+    ) -> None:
         target = target or self.human_target
         control = self._require_control(f"transfer to {target}", TransferError, call)
         call.stop_speaking()  # the agent does not talk over the hand-off
@@ -325,6 +353,7 @@ class Agent:
         lines = [f.answer for f in self.knowledge.facts]
         lines += [self.greeting or "", cfg.reprompt_text, cfg.goodbye_text, cfg.not_heard_text]
         lines += [NOT_SURE, TROUBLE, CONNECTING]
+        lines += [t.say for t in self.emotion_triggers.values() if isinstance(t.say, str)]
         started = time.monotonic()
         rendered = await self.speech_cache.render(
             self._tts_provider(), [line for line in lines if line], 8000
@@ -435,11 +464,21 @@ class Agent:
             text_turn=self._text_turn,
             knowledge=self.knowledge,
             speech_cache=self.speech_cache,
+            emotion=self._emotion_reader(media),
+            triggers=self.emotion_triggers,
         )
         self.conversations[call.id] = conversation
         runner.post("call_started", call)
         await conversation.run()
         return conversation
+
+    def _emotion_reader(self, media: CallMedia) -> Any:
+        if not self.read_emotion:
+            return None
+        from .conversation.emotion import thresholds
+        from .providers.emotion import EmotionReader
+
+        return EmotionReader(media.sample_rate, thresholds=thresholds(self.emotion_triggers))
 
     # call records --------------------------------------------------------------
     @property
@@ -528,8 +567,7 @@ class Agent:
         await call.say(CONNECTING)
         try:
             await self.transfer_to_human(call, include_transcript=include_transcript)
-        except TransferError as exc:
-            logger.error(log.kv(event="transfer_failed", error=exc))
+        except TransferError:  # logged by the hand-off itself
             await call.say("Sorry, nobody can take your call right now.")
 
     async def _say_then_hangup(self, call: Call, text: str) -> None:

@@ -99,6 +99,8 @@ class Call:
         #: loop, so the caller can interrupt it like any reply
         self.speaker: Callable[[str], Awaitable[Turn]] | None = None
         self.silencer: Callable[[], int] | None = None
+        #: set by the conversation: a request for a person cuts its reply
+        self.escalator: Callable[[str], None] | None = None
 
     @property
     def sample_rate(self) -> int:
@@ -165,9 +167,17 @@ class Call:
         """Add facts for the agent's next turn (text or any JSON-able value)."""
         self.context.append(item)
 
-    def flag_for_review(self, reason: str) -> None:
+    def flag_for_review(self, reason: str = "flagged") -> None:
         self.review_flags.append(ReviewFlag(reason))
         logger.info(log.kv(event="flagged_for_review", reason=reason))
+
+    def request_person(self, source: str = "model") -> None:
+        """The caller is to be handed to a person: ``escalation_requested``
+        goes to the agent's handlers (or its own hand-off, without one)."""
+        if self.escalator is not None:
+            self.escalator(source)
+        else:
+            self.publish("escalation_requested", self, source)
 
     def transcript_text(self) -> str:
         return "\n".join(f"{t.role}: {t.text}" for t in self.transcript if t.text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -149,6 +150,99 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
     return demo_main(Path(args.wav) if args.wav else None, args.json, args.voice)
+
+
+def _caller_audio(path: Path, channel: str) -> tuple[bytes, int]:
+    """A WAV's caller: its left or right channel, or all of them mixed
+    (the bridge's own recordings have the caller on the left)."""
+    import wave
+
+    import numpy as np
+
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2:
+            raise ValueError("only 16-bit PCM WAV files are read")
+        rate, channels = w.getframerate(), w.getnchannels()
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    if channels > 1:
+        frames = data[: len(data) // channels * channels].reshape(-1, channels)
+        if channel == "mix":
+            data = frames.mean(axis=1).astype("<i2")
+        else:
+            data = frames[:, 0 if channel == "left" else 1].copy()
+    return data.astype("<i2").tobytes(), rate
+
+
+def cmd_emotion(args: argparse.Namespace) -> int:
+    import json
+    import wave
+
+    from .audio.pcm import resample
+    from .conversation.emotion import state_name
+    from .conversation.recorded import read_recording
+    from .providers import registry
+    from .providers.emotion import STATES, EmotionReader
+
+    thresholds: dict[str, float] = {}
+    for item in args.threshold or []:
+        name, _, value = item.partition("=")
+        try:
+            thresholds[state_name(name)] = float(value)
+        except ValueError as exc:
+            return _fail(f"--threshold {item!r}: STATE=NUMBER, e.g. frustrated=0.5 ({exc})")
+    audio = []
+    for name in args.wav:
+        path = Path(name)
+        try:
+            pcm, rate = _caller_audio(path, args.channel)
+        except (OSError, EOFError, ValueError, wave.Error) as exc:
+            return _fail(f"{path}: cannot read it as a WAV file ({exc or type(exc).__name__})")
+        if rate not in (8000, 16000):
+            pcm, rate = resample(pcm, rate, 16000), 16000
+        audio.append((path, pcm, rate))
+    settings = Settings(stt=args.stt) if args.stt else Settings()
+    # the scores are the output here: the reader's own log lines would repeat them
+    logging.getLogger("voiceos_switch.providers.emotion.reader").setLevel(logging.WARNING)
+    print(f"[emotion] loading the recogniser ({settings.stt})", file=sys.stderr)
+    stt = registry.make_stt(settings)
+
+    async def run() -> list[dict[str, Any]]:
+        await stt.load()
+        out = []
+        for i, (path, pcm, rate) in enumerate(audio, 1):
+            seconds = len(pcm) / 2 / rate
+            print(f"[emotion] {i}/{len(audio)} {path} ({seconds:.1f} s)", file=sys.stderr)
+            reader = EmotionReader(rate, thresholds=thresholds)
+            utterances = await read_recording(pcm, rate, stt, reader=reader)
+            out.append(
+                {
+                    "file": str(path),
+                    "sample_rate": rate,
+                    "duration_s": round(seconds, 2),
+                    "thresholds": reader.thresholds,
+                    "utterances": [u.as_dict() for u in utterances],
+                }
+            )
+        return out
+
+    results = asyncio.run(run())
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for result in results:
+        print(f"{result['file']}: {len(result['utterances'])} utterances")
+        limits = "  ".join(f"{s} {result['thresholds'][s]:.2f}" for s in STATES)
+        print(f"  thresholds: {limits}")
+        for u in result["utterances"]:
+            scores = " ".join(f"{s[:5]} {u['scores'][s]:.2f}" for s in STATES)
+            events = ", ".join(
+                e["type"] + (" (stronger)" if e["rising"] else "") for e in u["events"]
+            )
+            print(
+                f"  {u['start_s']:6.1f}-{u['end_s']:6.1f} s  {scores}  conf {u['confidence']:.2f}"
+                f"  {u['text']!r}" + (f"  -> {events}" if events else "")
+            )
+    return 0
 
 
 def _store() -> Store:
@@ -310,6 +404,13 @@ def _print_call(rec: dict[str, Any]) -> None:
         print(f"    {t['role']:>6}: {t['text']}{cut}")
     if rec["transfers"]:
         print(f"  handed to: {', '.join(rec['transfers'])}")
+    announced = [
+        f"{name} at {e['t']:.1f} s ({e['scores'][name]:.2f})"
+        for e in rec.get("emotions") or []
+        for name in e.get("announced", [])
+    ]
+    if announced:
+        print(f"  emotion: {'; '.join(announced)}")
     analyses = rec.get("analyses") or {}
     if not analyses:
         print("  analyses: none yet")
@@ -324,7 +425,10 @@ def _print_call(rec: dict[str, Any]) -> None:
         elif kind == "topics":
             print(f"  topics: {', '.join(a['result']['keywords'])} -> {a['result']['cluster']}")
         elif kind == "sentiment":
-            print(f"  sentiment: {a['result']['label']} ({a['result']['overall']})")
+            res = a["result"]
+            voice = [s for s, c in res.get("live_vs_words", {}).items() if c["live_only"]]
+            extra = f"; heard in the voice only: {', '.join(voice)}" if voice else ""
+            print(f"  sentiment: {res['label']} ({res['overall']}){extra}")
         elif kind == "transcript":
             res = a["result"]
             print(
@@ -417,6 +521,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.add_argument("--voice", default="espeak", help="the agent's voice: espeak or piper")
     demo.set_defaults(func=cmd_demo)
+
+    emotion = sub.add_parser(
+        "emotion",
+        help="score recorded caller audio utterance by utterance (the live calls' emotion reader)",
+    )
+    emotion.add_argument("wav", nargs="+", help="16-bit PCM WAV files, one caller each")
+    emotion.add_argument("--json", action="store_true", help="scores, cues and features as JSON")
+    emotion.add_argument(
+        "--channel",
+        choices=["left", "right", "mix"],
+        default="left",
+        help="the caller's channel of a stereo file (the bridge's recordings: left)",
+    )
+    emotion.add_argument(
+        "--threshold",
+        action="append",
+        metavar="STATE=P",
+        help="announce a state at this score (repeatable), e.g. frustrated=0.5",
+    )
+    emotion.add_argument("--stt", help="the recogniser (default: VOICEOS_STT, moonshine)")
+    emotion.set_defaults(func=cmd_emotion)
 
     calls = sub.add_parser("calls", help="the call records: list, show, export, costs, topics")
     calls.add_argument("action", choices=["list", "show", "export", "costs", "topics"])

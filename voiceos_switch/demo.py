@@ -75,7 +75,10 @@ def demo_agent(
     settings: Settings | None = None,
     voice: str = "espeak",
     facts: dict[str, str] | list[str] | None = None,
+    **options: Any,
 ) -> Agent:
+    """The demo shop's agent; ``options`` go to :class:`Agent` as they are
+    (``emotion_triggers=...``, ``style=...``)."""
     return Agent(
         model="local",
         voice=voice,
@@ -84,6 +87,7 @@ def demo_agent(
         tools=[lookup_order],
         greeting="Hello, Acme Hardware. How can I help?",
         settings=settings or Settings(),
+        **options,
     )
 
 

@@ -60,7 +60,7 @@ class HandlerRunner:
                 event, args = self._pending.popleft()
                 for handler in self.handlers.get(event, ()):
                     try:
-                        result = handler(*args)
+                        result = handler(*_fit(handler, args))
                         if inspect.isawaitable(result):
                             await result
                     except asyncio.CancelledError:
@@ -83,3 +83,16 @@ class HandlerRunner:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+
+
+def _fit(handler: Handler, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """As many of the event's arguments as the handler takes: a handler for
+    ``escalation_requested`` may take ``(call)`` or ``(call, source)``."""
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return args
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return args
+    n = sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+    return args[:n]

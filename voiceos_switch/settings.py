@@ -165,6 +165,11 @@ class Settings(BaseSettings):
         "'openai:<model>', 'vosk-server:ws://HOST:PORT'; a comma-separated chain falls back "
         "in order.",
     )
+    read_emotion: bool = Field(
+        True,
+        description="Read the caller's emotion on every call (emotion_detected); "
+        "Agent(read_emotion=...) decides for one agent.",
+    )
     stt_threads: int = Field(
         1, ge=1, le=8, description="Threads of the embedded Moonshine recogniser."
     )

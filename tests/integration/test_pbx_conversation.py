@@ -12,14 +12,13 @@ the call to a human with the transcript; the caller hangs up.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.freeswitch_standin import FreeSwitchStandin, StandinCall
+from tests.freeswitch_standin import FreeSwitchStandin, StandinCall, hears
+from tests.integration.serving import serving
 from tests.textcheck import normalise
 from voiceos_switch import Agent, Call
 from voiceos_switch.demo import STORE_FACTS, demo_agent
@@ -78,38 +77,13 @@ def asterisk_script(dir_inside: str) -> str:
     )
 
 
-def _loud(heard: bytearray, start: int, end: int) -> list[bool]:
-    """Which 20 ms frames of what the caller heard, in [start, end), carry sound."""
-    out = []
-    for i in range(start, end):
-        frame = np.frombuffer(bytes(heard[i * 320 : (i + 1) * 320]), dtype=np.int16)
-        out.append(frame.size > 0 and float(np.sqrt(np.mean(frame.astype(np.float64) ** 2))) > 300)
-    return out
-
-
-async def standin_hears(call: StandinCall, what: str) -> None:
-    """Wait on the stand-in caller's ear: ``heard`` (the agent started speaking)
-    or ``quiet`` (it then went silent)."""
-    need = (HEARD_MS if what == "heard" else QUIET_MS) // 20
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if call.done.is_set():
-            raise AssertionError(f"the call ended while the caller waited for {what}")
-        now = int(call.now() / 0.02)
-        recent = _loud(call.heard, max(0, now - need), now)
-        if len(recent) == need and (all(recent) if what == "heard" else not any(recent)):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"the caller waited {WAIT_S:g} s for the agent to be {what}")
-
-
 async def standin_caller(call: StandinCall, first: bytes, long: bytes, person: bytes) -> None:
     for line in (first, long):
-        await standin_hears(call, "heard")
-        await standin_hears(call, "quiet")
+        await hears(call, "heard", HEARD_MS, WAIT_S)
+        await hears(call, "quiet", QUIET_MS, WAIT_S)
         call.say(line)
         await asyncio.sleep(len(line) / 2 / RATE)
-    await standin_hears(call, "heard")
+    await hears(call, "heard", HEARD_MS, WAIT_S)
     await asyncio.sleep(CUT_AFTER_S)
     call.say(person)
 
@@ -138,18 +112,12 @@ def conversation_agent(settings: Settings, outcome: Outcome) -> Agent:
 async def through_asterisk(asterisk: AsteriskSandbox, tmp_path: Path) -> tuple[Agent, Outcome]:
     outcome = Outcome()
     agent = conversation_agent(Settings(), outcome)
-    ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(agent.run(ready=ready, stop=stop))
-    try:
-        await asyncio.wait_for(ready.wait(), 180)
-        assert agent.control is not None and await agent.control.wait_ready(10)
 
-        def on_ami(event: dict[str, str]) -> None:
-            if event.get("Event") == "UserEvent" and event.get("UserEvent") == "VoiceosHandoff":
-                outcome.handoff_transcript = event.get("Transcript", "")
-                outcome.handoff_target = event.get("Target", "")
+    def handed_over(event: dict[str, str]) -> None:
+        outcome.handoff_transcript = event.get("Transcript", "")
+        outcome.handoff_target = event.get("Target", "")
 
-        agent.control.add_listener(on_ami)
+    async with serving(agent, handed_over):
         lab = asterisk.lab_dir / f"conversation-{tmp_path.name}"
         lab.mkdir(parents=True, exist_ok=True)
         lab.chmod(0o755)
@@ -163,9 +131,6 @@ async def through_asterisk(asterisk: AsteriskSandbox, tmp_path: Path) -> tuple[A
             if outcome.ended:
                 break
             await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
     return agent, outcome
 
 

@@ -183,7 +183,7 @@ async def test_the_handoff_event_reaches_every_subscriber_during_playback(
         # while a playback is in progress, the agent hands the call over
         live = agent.calls[call.uuid]
         live.add_caller_text("I need a person")
-        transfer = asyncio.create_task(agent.transfer_to_human(live, include_transcript=True))
+        transfer = agent.transfer_to_human(live, include_transcript=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not any(
             m.content_type == "text/event-json" for m in got

@@ -131,8 +131,28 @@ def test_sentiment_and_emotions_follow_the_words() -> None:
     out = analyses.sentiment(rec, Settings(), {})
     first, last = out["timeline"]
     assert first["sentiment"] < 0 < last["sentiment"]
-    assert first["frustration"] > 0 and last["satisfaction"] > 0
+    assert first["frustrated"] > 0.5 > last["frustrated"]
+    assert last["satisfied"] > 0.5 > first["satisfied"]
     assert out["timeline"][0]["t"] == pytest.approx(1.5)
+
+
+def test_the_live_reading_beside_the_words_alone() -> None:
+    """Where the voice heard what the words do not say, the analysis says so."""
+    says = ["My order has not come yet", "Thank you, that is perfect"]
+    rec = record("c1", says)
+    quiet = dict.fromkeys(("frustrated", "confused", "urgent", "satisfied"), 0.05)
+    rec["emotions"] = [
+        {"t": 1.5, "turn": 1, "text": says[0], "final": True, "announced": ["frustrated"],
+         "scores": {**quiet, "frustrated": 0.8}},
+        {"t": 5.5, "turn": 2, "text": says[1], "final": True, "announced": ["satisfied"],
+         "scores": {**quiet, "satisfied": 0.9}},
+    ]  # fmt: skip
+    out = analyses.sentiment(rec, Settings(), {})
+    compared = out["live_vs_words"]
+    assert compared["frustrated"]["live_only"] == [says[0]]  # the voice, not the words
+    assert compared["satisfied"]["live_only"] == [] and compared["satisfied"]["words_only"] == []
+    assert compared["frustrated"]["live_max"] == 0.8
+    assert len(out["live"]) == 2
 
 
 def test_topics_cluster_calls_by_meaning_not_shared_words() -> None:

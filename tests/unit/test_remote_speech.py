@@ -89,7 +89,10 @@ class SpeechServer:
         self.requests.append(req)
         if req.get("response_format") != "pcm":
             return JSONResponse({"error": {"message": "only pcm here"}}, status_code=400)
-        audio = await PiperTTS(steady=True).synthesize(str(req["input"]), 24000)
+        speed = float(req.get("speed", 1.0))
+        audio = await PiperTTS(steady=True, length_scale=1 / speed).synthesize(
+            str(req["input"]), 24000
+        )
 
         async def chunks() -> AsyncIterator[bytes]:
             for i in range(0, len(audio), 9601):  # odd sizes: samples split across chunks
@@ -173,6 +176,19 @@ async def test_openai_speech_streams_and_comes_out_at_the_call_rate(
     assert 1.0 < seconds < 4.0
     heard = await WhisperSTT().transcribe(audio, 8000)
     assert wer("We open at nine on Saturday", heard.text)[0] <= 2, heard.text
+
+
+async def test_a_calmer_openai_voice_asks_for_a_slower_speed(
+    speech_server: tuple[str, SpeechServer],
+) -> None:
+    url, server = speech_server
+    tts = OpenAICompatTTS("alloy", base_url=url)
+    normal = await tts.synthesize("We open at nine on Saturday.", 8000)
+    calmer = tts.calmer()
+    slow = await calmer.synthesize("We open at nine on Saturday.", 8000)
+    assert server.requests[-2]["speed"] == 1.0 and server.requests[-1]["speed"] == 0.9
+    assert len(slow) > 1.05 * len(normal)
+    assert calmer.name != tts.name  # the speech cache keeps the two apart
 
 
 async def test_a_dead_speech_service_falls_back_to_the_embedded_voice() -> None:

@@ -64,6 +64,13 @@ class PitchTracker:
         self._frames = 0  # hops emitted so far
         self._recent: list[float] = []  # the last voiced estimates
 
+    def restart(self) -> None:
+        """Start over on audio that does not follow what was fed (the next
+        utterance); the caller's recent pitch is kept for the octave check,
+        and hop times count from zero again."""
+        self._buf = np.zeros(0, dtype=np.float64)
+        self._frames = 0
+
     def feed(self, pcm: bytes) -> list[PitchFrame]:
         """PCM16 mono at the tracker's rate; the hops it completes."""
         if pcm:

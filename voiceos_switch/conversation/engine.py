@@ -37,6 +37,7 @@ from ..audio.clock import Clock, MonotonicClock, Timer
 from ..audio.levels import level_db
 from ..call import TTS, Call, Turn
 from ..media import AudioIn, CallMedia, DtmfIn, MediaEnded, MediaEvent
+from ..providers.emotion import Emotion, EmotionReader, Reading
 from ..providers.llm import (
     LLM,
     LLMError,
@@ -49,6 +50,8 @@ from ..providers.llm import (
 from ..speech import SpeechHandle, SpeechState
 from . import endpoint
 from .chunker import SentenceChunker
+from .emotion import ESCALATE as ESCALATE_ACTION
+from .emotion import SLOW_DOWN, Trigger, line_of
 from .intent import ESCALATE, intent_of
 from .knowledge import Knowledge, Match, ungrounded
 from .listener import (
@@ -217,6 +220,10 @@ class _Reply:
     #: the caller's message as the model sees it (with the fact it needs)
     user_content: str = ""
     planned: asyncio.Event = field(default_factory=asyncio.Event)
+    #: how the caller sounded, and the emotions this turn announces (its
+    #: triggers' lines lead the reply)
+    reading: Reading | None = None
+    announces: tuple[str, ...] = ()
 
 
 @dataclass
@@ -250,6 +257,8 @@ class Conversation:
         clock: Clock | None = None,
         gate: Any = None,
         speech_cache: SpeechCache | None = None,
+        emotion: EmotionReader | None = None,
+        triggers: dict[str, Trigger] | None = None,
     ) -> None:
         self.call = call
         self.media = media
@@ -306,6 +315,12 @@ class Conversation:
         self.barge_ins = 0
         self.echoes_ignored = 0
         self._ended = False
+        #: the caller's emotion, read per utterance (None: not read)
+        self.emotion = emotion
+        self.triggers = triggers or {}
+        if emotion is not None:
+            self.call.emotions = emotion.timeline
+        self._slowed = False
         media_watch = getattr(media, "monitor_output", None)
         if media_watch is not None:
             media_watch(self._agent_frame)
@@ -315,6 +330,7 @@ class Conversation:
         reader = asyncio.create_task(self._pump())
         self.call.speaker = self.say
         self.call.silencer = self.stop_speaking
+        self.call.escalator = self._person_requested
         try:
             prefix = [self._system_message()]
             if self.config.greeting:
@@ -335,6 +351,7 @@ class Conversation:
             self._set_state(TurnState.ENDED, "media ended")
             self.call.speaker = None
             self.call.silencer = None
+            self.call.escalator = None
             reader.cancel()
             for handle in self._all_handles():
                 handle.interrupt()
@@ -400,6 +417,10 @@ class Conversation:
             while len(self._audio_clock) > 1000:
                 self._audio_clock.popleft()
             await self.listener.feed(event.pcm, now)
+            if self.emotion is not None:
+                self.emotion.follow(
+                    event.pcm, self.listener.phase is not Phase.QUIET, self.listener.turn
+                )
             took = self.clock.now() - now
             if took > 0.05:
                 logger.warning(log.kv(event="listener_slow", ms=round(took * 1000)))
@@ -546,6 +567,7 @@ class Conversation:
         metrics.stt_final = self.clock.now()
         handle = SpeechHandle(self.media, source="reply", held=True)
         reply = _Reply(hyp.turn, text, handle, metrics)
+        self._read_emotion(reply, final=False)
         handle.on_first_frame = self._first_frame(metrics)
         self._spec = reply
         self._start_producing(reply)
@@ -627,18 +649,22 @@ class Conversation:
             text = merged
         spec = self._spec
         self._spec = None
-        if spec is not None and (spec.turn != ended.turn or spec.text != text):
+        reading, announces = self._reading_of(ended.turn, text, final=True)
+        if spec is not None and (
+            spec.turn != ended.turn or spec.text != text or spec.announces != announces
+        ):
             spec.handle.cancel()
             spec = None
         if spec is not None:
             reply = spec
+            reply.reading = reading
         else:
             metrics = TurnMetrics(index=len(self.metrics) + 1)
             metrics.speech_end = self._audio_to_clock(ended.speech_end_ms)
             metrics.stt_final = self.clock.now()
             handle = SpeechHandle(self.media, source="reply", held=True)
             handle.on_first_frame = self._first_frame(metrics)
-            reply = _Reply(ended.turn, text, handle, metrics)
+            reply = _Reply(ended.turn, text, handle, metrics, reading=reading, announces=announces)
             self._start_producing(reply)
         m = reply.metrics
         m.caller_text = text
@@ -667,12 +693,18 @@ class Conversation:
             )
         )
         self.emit("transcript", self.call, turn)
+        actions = self._announce(reading)
         if self.call.transferred_to is not None or self.media.ended:
             reply.handle.cancel()  # the caller is with a person now
             return
         if intent_of(text) == ESCALATE:
-            self._escalate(reply)
+            self._escalate(reply, "speech")
             return
+        if ESCALATE_ACTION in actions:
+            self._escalate(reply, "emotion")
+            return
+        if SLOW_DOWN in actions:
+            self._slow_down()
         previous = self._reply
         if previous is not None and previous.handle is not reply.handle:
             previous.handle.interrupt()  # the caller spoke again before it was heard
@@ -680,16 +712,92 @@ class Conversation:
         self._answered = reply
         self._confirm(reply)
 
-    def _escalate(self, reply: _Reply) -> None:
-        """The caller asked for a person: no answer of the agent's own; the
+    def _escalate(self, reply: _Reply, source: str) -> None:
+        """The caller asked for a person (``speech``), or an emotion's
+        trigger says so (``emotion``): no answer of the agent's own; the
         agent's handlers (or its built-in hand-off) take the call."""
         reply.handle.cancel()
         previous = self._reply
         if previous is not None and previous.handle is not reply.handle:
             previous.handle.interrupt()
         self._reply = self._answered = None
-        logger.info(log.kv(event="escalation_requested", source="speech"))
-        self.emit("escalation_requested", self.call, "speech")
+        logger.info(log.kv(event="escalation_requested", source=source))
+        self.emit("escalation_requested", self.call, source)
+
+    def _person_requested(self, source: str) -> None:
+        """``call.request_person`` (a tool, a handler): what the agent is
+        saying or preparing stops; the hand-off takes over."""
+        for handle in self._all_handles():
+            handle.interrupt()
+        self._reply = self._answered = None
+        logger.info(log.kv(event="escalation_requested", source=source))
+        self.emit("escalation_requested", self.call, source)
+
+    # ------------------------------------------------------------- emotion
+    def _reading_of(
+        self, turn: int, text: str, final: bool
+    ) -> tuple[Reading | None, tuple[str, ...]]:
+        """How the caller sounded in utterance ``turn``, and the states it
+        would announce that have a line to lead the reply."""
+        if self.emotion is None:
+            return None, ()
+        try:
+            reading = self.emotion.read(turn, text, final)
+        except Exception as exc:  # noqa: BLE001 - a reading never costs the caller a reply
+            logger.warning(log.kv(event="emotion_read_failed", error=repr(exc)))
+            return None, ()
+        said = tuple(
+            s
+            for s in self.emotion.would_announce(reading)
+            if s in self.triggers and self.triggers[s].say is not None
+        )
+        return reading, said
+
+    def _read_emotion(self, reply: _Reply, final: bool) -> None:
+        reply.reading, reply.announces = self._reading_of(reply.turn, reply.text, final)
+
+    def _announce(self, reading: Reading | None) -> set[str]:
+        """The turn's reading into the call's timeline; each emotion it
+        announces goes to the handlers. Returns the triggers' actions due."""
+        if self.emotion is None or reading is None:
+            return set()
+        actions: set[str] = set()
+        for emotion in self.emotion.commit(reading):
+            self.emit("emotion_detected", self.call, emotion)
+            trigger = self.triggers.get(emotion.type)
+            if trigger is not None and trigger.action is not None and not emotion.rising:
+                actions.add(trigger.action)
+        return actions
+
+    def _slow_down(self) -> None:
+        """A patient turn-taking style and a calmer voice, for the rest of the call."""
+        if self._slowed:
+            return
+        self._slowed = True
+        self.listener.config.style = endpoint.style("patient")
+        calmer = getattr(self.tts, "calmer", None)
+        if calmer is not None:
+            self.tts = calmer()
+        logger.info(log.kv(event="slowing_down", voice=getattr(self.tts, "name", "?")))
+
+    async def _lead(self, reply: _Reply) -> str | None:
+        """The trigger lines that lead this reply, one after the other."""
+        if not reply.announces or reply.reading is None:
+            return None
+        lines = []
+        for state in reply.announces:
+            emotion = Emotion(
+                state,
+                reply.reading.scores[state],
+                reply.reading.confidence,
+                reply.turn,
+                0.0,
+                reply.text,
+            )
+            line = await line_of(self.triggers[state], self.call, emotion)
+            if line:
+                lines.append(line)
+        return " ".join(lines) or None
 
     def _merge_unanswered(self, ended: TurnEnded) -> str | None:
         """The caller spoke again before a word of the reply to their last
@@ -938,9 +1046,18 @@ class Conversation:
         """Make the reply for one caller turn into its (held) handle."""
         handle, metrics, text = reply.handle, reply.metrics, reply.text
         try:
+            lead = await self._lead(reply)
             plan = await self._plan(text)
+            if lead is not None and plan.direct is None and not self.small:
+                state = " and ".join(reply.announces)
+                plan.user_content = (
+                    f"{plan.user_content}\n(The caller sounds {state}; you have just "
+                    f'said: "{lead}". Go on from there.)'
+                )
             reply.user_content = plan.user_content
             reply.planned.set()
+            if lead is not None:
+                await self._speak_into(handle, lead, metrics)
             if plan.direct is not None:
                 metrics.answer = plan.kind
                 await self._speak_into(handle, plan.direct, metrics)
@@ -1019,6 +1136,8 @@ class Conversation:
                 return
             metrics.answer = "tool"
             direct = await self._run_tools(reply, calls)
+            if handle.ended:
+                return  # a tool handed the caller to a person
             if direct:
                 await self._speak_into(handle, " ".join(direct), metrics)
                 return
@@ -1062,7 +1181,9 @@ class Conversation:
             else:
                 tasks.append(
                     asyncio.ensure_future(
-                        asyncio.wait_for(tool.run(c.arguments), self.config.tool_timeout_s)
+                        asyncio.wait_for(
+                            tool.run(c.arguments, self.call), self.config.tool_timeout_s
+                        )
                     )
                 )
         filler: asyncio.Task[None] | None = None

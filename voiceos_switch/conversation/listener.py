@@ -548,6 +548,11 @@ class Listener:
         self._endings.add(task)
         task.add_done_callback(self._endings.discard)
 
+    async def settled(self) -> None:
+        """Until every ended turn's transcript has been reported."""
+        while self._endings:
+            await asyncio.gather(*list(self._endings), return_exceptions=True)
+
     def discard(self, turn: int) -> None:
         """The turn loop settled what utterance ``turn`` was (a backchannel,
         the agent's own echo): it is no turn, and no event about it follows."""

@@ -107,13 +107,16 @@ class Tool:
             },
         }
 
-    async def run(self, arguments: str | dict[str, Any]) -> str:
-        """Call the function; the result (or the error) as text for the LLM."""
+    async def run(self, arguments: str | dict[str, Any], call: Any = None) -> str:
+        """Call the function (given the call, if it takes a ``call``
+        argument); the result (or the error) as text for the LLM."""
         try:
             args = json.loads(arguments) if isinstance(arguments, str) else dict(arguments)
             if not isinstance(args, dict):
                 raise ValueError("arguments must be a JSON object")
             known = {k: v for k, v in args.items() if k in self.parameters["properties"]}
+            if "call" in inspect.signature(self.fn).parameters:
+                known["call"] = call
             if inspect.iscoroutinefunction(self.fn):
                 result = await self.fn(**known)
             else:
@@ -121,3 +124,10 @@ class Tool:
         except Exception as exc:
             return json.dumps({"error": f"{type(exc).__name__}: {exc}"})
         return result if isinstance(result, str) else json.dumps(result, default=str)
+
+
+async def transfer_to_human(call: Any, reason: str = "") -> str:
+    """Hand the caller to a human agent: when they ask for a person, or
+    when you cannot help them."""
+    call.request_person("model")  # on the event loop (a coroutine: no worker thread)
+    return json.dumps({"handed_over": True, "reason": reason})

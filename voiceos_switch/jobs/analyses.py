@@ -9,6 +9,7 @@ import math
 import re
 import wave
 from collections import Counter
+from collections.abc import Sequence
 from statistics import mean
 from typing import Any
 
@@ -126,104 +127,84 @@ def summary(record: dict[str, Any], settings: Settings, context: dict[str, Any])
 
 # --- sentiment and emotion over time --------------------------------------------------
 
-_WORDS = re.compile(r"[a-z']+")
-LEXICON: dict[str, set[str]] = {
-    "positive": {
-        "thanks",
-        "thank",
-        "great",
-        "good",
-        "perfect",
-        "wonderful",
-        "appreciate",
-        "helpful",
-        "awesome",
-        "excellent",
-        "love",
-        "nice",
-        "happy",
-        "glad",
-    },
-    "negative": {
-        "bad",
-        "terrible",
-        "awful",
-        "angry",
-        "frustrated",
-        "ridiculous",
-        "useless",
-        "wrong",
-        "problem",
-        "broken",
-        "worst",
-        "cancel",
-        "complaint",
-        "late",
-        "never",
-        "unacceptable",
-        "annoyed",
-        "disappointed",
-        "hate",
-    },
-    "frustration": {
-        "frustrated",
-        "ridiculous",
-        "useless",
-        "again",
-        "still",
-        "waiting",
-        "annoyed",
-        "angry",
-        "unacceptable",
-        "enough",
-        "already",
-    },
-    "confusion": {"confused", "understand", "mean", "unclear", "lost", "huh", "what"},
-    "urgency": {"urgent", "now", "immediately", "asap", "emergency", "quickly", "today", "hurry"},
-    "satisfaction": {
-        "thanks",
-        "thank",
-        "great",
-        "perfect",
-        "appreciate",
-        "helpful",
-        "wonderful",
-        "excellent",
-    },
-}
 
+def score_text(text: str, earlier: Sequence[str] = ()) -> dict[str, Any]:
+    """One caller turn from its words alone: sentiment in [-1, 1] (VADER's
+    compound valence) and the four states in [0, 1] from the live reader's
+    fitted model with the voice held at the caller's baseline."""
+    from ..providers.emotion.fusion import PROSODY_FEATURES, derived
+    from ..providers.emotion.reader import shipped_weights
+    from ..providers.emotion.words import word_features
 
-def score_text(text: str) -> dict[str, float]:
-    words = _WORDS.findall(text.lower())
-    n = max(1, len(words))
-    pos = sum(w in LEXICON["positive"] for w in words)
-    neg = sum(w in LEXICON["negative"] for w in words)
-    out = {"sentiment": round((pos - neg) / max(1, pos + neg), 3) if pos + neg else 0.0}
-    for emotion in ("frustration", "confusion", "urgency", "satisfaction"):
-        hits = sum(w in LEXICON[emotion] for w in words)
-        out[emotion] = round(min(1.0, 3 * hits / n), 3)
-    return out
+    feats, cues = word_features(text, earlier)
+    scores = shipped_weights().scores(derived({**dict.fromkeys(PROSODY_FEATURES, 0.0), **feats}))
+    return {
+        "sentiment": round(feats["valence"], 3),
+        **{state: round(p, 3) for state, p in scores.items()},
+        "cues": cues,
+    }
 
 
 def sentiment(record: dict[str, Any], settings: Settings, context: dict[str, Any]) -> Any:
     """Per caller turn, from the words: sentiment in [-1, 1] and the four
-    emotions in [0, 1]; with the live emotion timeline when the call had one."""
+    emotions in [0, 1]; beside them the live reading of the same turns
+    (voice and words) and where the two disagree."""
     start = record["started_at"]
-    timeline = [
-        {"t": round(t["started_at"] - start, 2), "text": t["text"], **score_text(t["text"])}
-        for t in record["turns"]
-        if t["role"] == "caller" and t["text"]
-    ]
+    timeline = []
+    said: list[str] = []
+    for t in record["turns"]:
+        if t["role"] != "caller" or not t["text"]:
+            continue
+        timeline.append(
+            {
+                "t": round(t["started_at"] - start, 2),
+                "text": t["text"],
+                **score_text(t["text"], said),
+            }
+        )
+        said.append(t["text"])
     overall = round(mean(p["sentiment"] for p in timeline), 3) if timeline else 0.0
+    live = [e for e in record.get("emotions", []) if e.get("final", True)]
     return {
         "overall": overall,
         "label": "positive" if overall > 0.2 else "negative" if overall < -0.2 else "neutral",
         "timeline": timeline,
-        "live": record.get("emotions", []),
+        "live": live,
+        "live_vs_words": compare_live(live, timeline),
     }
 
 
+def compare_live(live: list[dict[str, Any]], words: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per state: the highest live score and the highest from the words
+    alone, and the turns where only the voice (live) or only the words
+    crossed 0.5; the live readings are matched to turns by their text."""
+    from ..providers.emotion.words import STATES
+
+    by_text = {w["text"].strip().lower(): w for w in words}
+    out: dict[str, Any] = {}
+    for state in STATES:
+        live_only, words_only = [], []
+        for entry in live:
+            w = by_text.get(str(entry.get("text", "")).strip().lower())
+            if w is None:
+                continue
+            now, then = entry["scores"].get(state, 0.0) >= 0.5, w[state] >= 0.5
+            if now and not then:
+                live_only.append(entry["text"])
+            elif then and not now:
+                words_only.append(entry["text"])
+        out[state] = {
+            "live_max": max((e["scores"].get(state, 0.0) for e in live), default=None),
+            "words_max": max((w[state] for w in words), default=None),
+            "live_only": live_only,
+            "words_only": words_only,
+        }
+    return out
+
+
 # --- topics across calls -----------------------------------------------------------------
+
+_WORDS = re.compile(r"[a-z']+")
 
 STOPWORDS = set(
     """a about all am an and any are as at be but by can could do does for from

@@ -162,13 +162,16 @@ class FallbackSTT:
 
 
 class FallbackTTS:
-    name = "fallback"
-
     def __init__(self, providers: list[Any]) -> None:
         if not providers:
             raise ValueError("a fallback chain needs at least one provider")
         self.providers = providers
         self.fallbacks = 0
+        self.name = "fallback:" + ",".join(str(getattr(p, "name", "?")) for p in providers)
+
+    def calmer(self) -> FallbackTTS:
+        """Each voice of the chain, calmer where it can be."""
+        return FallbackTTS([p.calmer() if hasattr(p, "calmer") else p for p in self.providers])
 
     async def stream(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
         errors: list[str] = []

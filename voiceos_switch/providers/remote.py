@@ -9,6 +9,7 @@ this machine when the service errors or stalls.
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import json
 import time
@@ -166,17 +167,30 @@ class OpenAICompatTTS:
         base_url: str | None = None,
         api_key: str | None = None,
         timeout_s: float = 10.0,
+        speed: float = 1.0,
     ) -> None:
         self.voice = voice
         self.model = model
-        self.name = f"openai-tts:{model}/{voice}"
+        self.speed = speed
+        self.name = f"openai-tts:{model}/{voice}" + ("" if speed == 1.0 else f"@{speed:g}")
         self._client = _client(base_url, api_key, timeout_s)
+
+    def calmer(self) -> OpenAICompatTTS:
+        """The same voice, slower (the API's ``speed``)."""
+        slower = copy.copy(self)
+        slower.speed = round(self.speed * 0.9, 3)
+        slower.name = f"openai-tts:{self.model}/{self.voice}@{slower.speed:g}"
+        return slower
 
     async def stream(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
         resampler = StreamResampler(OPENAI_PCM_RATE, sample_rate)
         odd = b""
         async with self._client.audio.speech.with_streaming_response.create(
-            model=self.model, voice=self.voice, input=text, response_format="pcm"
+            model=self.model,
+            voice=self.voice,
+            input=text,
+            response_format="pcm",
+            speed=self.speed,
         ) as response:
             async for chunk in response.iter_bytes(4800):
                 data = odd + chunk

@@ -18,6 +18,8 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _ESPEAK_CHARS_UTF8 = 1
 _ESPEAK_RATE = 175
+_PITCH = 50  # espeak-ng's defaults
+_RANGE = 50
 
 _SynthCallback = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
@@ -65,7 +67,14 @@ class _Engine:
         return 0
 
     def synth(
-        self, text: str, voice: str, rate: int, push: object, cancel: threading.Event
+        self,
+        text: str,
+        voice: str,
+        rate: int,
+        push: object,
+        cancel: threading.Event,
+        pitch: int = _PITCH,
+        pitch_range: int = _RANGE,
     ) -> None:
         """Blocking synthesis on the engine thread; ``push`` gets PCM chunks."""
         if voice != self.voice:
@@ -73,6 +82,8 @@ class _Engine:
                 raise TTSError(f"espeak-ng has no voice {voice!r}")
             self.voice = voice
         self.lib.espeak_SetParameter(1, rate, 0)  # espeakRATE
+        self.lib.espeak_SetParameter(3, pitch, 0)  # espeakPITCH, 0-100
+        self.lib.espeak_SetParameter(4, pitch_range, 0)  # espeakRANGE, 0-100
         self._on_chunk = push
         self._cancel = cancel
         raw = text.encode("utf-8") + b"\0"
@@ -89,11 +100,34 @@ class _Engine:
 class EspeakTTS:
     """Streaming TTS: ``async for pcm in tts.stream(text, rate)``."""
 
-    name = "espeak"
-
-    def __init__(self, voice: str = "en-us", words_per_minute: int = _ESPEAK_RATE) -> None:
+    def __init__(
+        self,
+        voice: str = "en-us",
+        words_per_minute: int = _ESPEAK_RATE,
+        pitch: int = _PITCH,
+        pitch_range: int = _RANGE,
+    ) -> None:
+        """``pitch`` and ``pitch_range``: espeak-ng's 0-100 scales (50 is the
+        voice's own)."""
         self.voice = voice
         self.words_per_minute = words_per_minute
+        self.pitch = pitch
+        self.pitch_range = pitch_range
+        default = (voice, words_per_minute, pitch, pitch_range) == ("en-us", _ESPEAK_RATE, 50, 50)
+        #: the speech cache keeps lines per name: each variant has its own
+        self.name = (
+            "espeak" if default else f"espeak:{voice}:{words_per_minute}:{pitch}:{pitch_range}"
+        )
+
+    def calmer(self) -> EspeakTTS:
+        """The same voice, slower, a little lower and flatter (for a caller
+        who is upset or lost)."""
+        return EspeakTTS(
+            self.voice,
+            int(self.words_per_minute * 0.85),
+            max(0, self.pitch - 6),
+            max(0, self.pitch_range - 15),
+        )
 
     async def stream(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
         engine = await asyncio.to_thread(_Engine.get)
@@ -105,6 +139,8 @@ class EspeakTTS:
                 self.words_per_minute,
                 lambda pcm: push(engine.sample_rate, pcm),
                 cancel,
+                self.pitch,
+                self.pitch_range,
             )
 
         async for pcm in stream_from_worker(engine.executor, produce, sample_rate, "espeak-ng"):

