@@ -8,10 +8,11 @@ import os as _os
 # two threads contending); the bridge's numpy work is small and runs on one.
 _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from .agent import Agent, CallControlError, ConfigurationError, TransferError  # noqa: E402
+from .agent import Agent  # noqa: E402
 from .call import Call, Turn  # noqa: E402
-from .conversation.tools import tool, transfer_to_human  # noqa: E402
+from .errors import CallControlError, ConfigurationError, TransferError  # noqa: E402
 from .providers.emotion import Emotion  # noqa: E402
+from .tools import tool, transfer_to_human  # noqa: E402
 
 __all__ = [
     "Agent",

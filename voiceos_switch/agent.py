@@ -24,11 +24,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from . import events as ev
 from . import log
 from .call import TTS, Call
 from .control.ami import AMIController, AMIError
 from .control.esl import ESLController, ESLError
-from .handlers import Handler, HandlerRunner
+from .errors import CallControlError, ConfigurationError, TransferError
+from .handlers import Handler, handler_subscriber
 from .media import AudioIn, CallMedia, DtmfIn, MediaEnded
 from .settings import Settings, is_loopback, split_hostport
 
@@ -52,18 +54,6 @@ DEFAULT_PROMPT = "You are a helpful phone agent."
 HANDLER_DRAIN_S = 10.0
 #: what the agent says as it hands a caller to a person (rendered in advance)
 CONNECTING = "Connecting you to a person."
-
-
-class ConfigurationError(ValueError):
-    """The agent cannot run as configured; the message says what to change."""
-
-
-class CallControlError(RuntimeError):
-    """A call-control action (over AMI) could not be carried out."""
-
-
-class TransferError(CallControlError):
-    pass
 
 
 class Agent:
@@ -157,6 +147,13 @@ class Agent:
 
         #: the audio of the agent's fixed lines, rendered once for every call
         self.speech_cache = SpeechCache()
+        #: subscribers every call's event bus gets (the metrics, a live
+        #: viewer): each ``fn(event)``, sync or async, off the turn loop
+        self.subscribers: list[Callable[[ev.Event], Any]] = []
+        #: the bridge's Prometheus metrics (made when they are served)
+        self.metrics: Any = None
+        #: events slow subscribers lost on calls that have ended
+        self.dropped_events = 0
         self._outbox_wakeup: asyncio.Event | None = None
 
     # events ----------------------------------------------------------------
@@ -245,6 +242,7 @@ class Agent:
             call.transferred_to = previous
             raise TransferError(f"transfer to {target} failed: {exc}") from exc
         logger.info(log.kv(event="transferred", target=target, via=via))
+        call.publish(ev.Transferred(call.id, target))
         if via == "dialplan" and call.pbx != "freeswitch":
             await call.hangup()
 
@@ -380,8 +378,11 @@ class Agent:
         if not self._models_loaded:
             logger.info(log.kv(event="call_waiting_for_models"), extra={"call_id": media.call_id})
             await self.load_models()
-        runner = HandlerRunner(self._handlers)
-        call = Call(media, self._tts_provider(), agent_name=self.name, publish=runner.post)
+        bus = ev.EventBus(media.call_id)
+        call = Call(media, self._tts_provider(), agent_name=self.name, bus=bus)
+        bus.subscribe(handler_subscriber(self._handlers, call), "handlers")
+        for subscriber in self.subscribers:
+            bus.subscribe(subscriber, getattr(subscriber, "__name__", "subscriber"))
         self.calls[call.id] = call
         if self.control is not None and call.pbx == "asterisk":
             info = self.control.channels.get(call.id)
@@ -393,9 +394,9 @@ class Agent:
         conversation: Any = None
         try:
             if self.model is not None:
-                conversation = await self._converse(call, media, runner)
+                conversation = await self._converse(call, media)
             else:
-                await self._keypad(call, media, runner)
+                await self._keypad(call, media)
         finally:
             call.ended_at = time.time()
             reason = getattr(media, "end_reason", None)
@@ -410,20 +411,25 @@ class Agent:
                 )
             )
             await self._write_record(call, conversation)
-            runner.post("call_ended", call)
-            if not await runner.drain(HANDLER_DRAIN_S):
+            call.publish(
+                ev.CallEnded(
+                    call.id, call.end_reason, call.ended_at - call.started_at, call.transferred_to
+                )
+            )
+            if not await bus.drain(HANDLER_DRAIN_S):
                 logger.warning(log.kv(event="handlers_still_running", after_s=HANDLER_DRAIN_S))
-            await runner.close()
+            self.dropped_events += sum(sub.dropped for sub in bus.subscriptions)
+            await bus.close()
             self.calls.pop(call.id, None)
             live = self.conversations.pop(call.id, None)
             if live is not None:
                 self.finished.append(live)
 
-    async def _keypad(self, call: Call, media: CallMedia, runner: HandlerRunner) -> None:
+    async def _keypad(self, call: Call, media: CallMedia) -> None:
         """The built-in greeting agent: the keypad drives it."""
         speaking: asyncio.Task[Any] | None = None
         try:
-            runner.post("call_started", call)
+            self._started(call)
             if not self.has_handlers("call_started") and self.greeting:
                 speaking = asyncio.create_task(call.say(self.greeting))
             async for event in media.events():
@@ -431,7 +437,7 @@ class Agent:
                     continue
                 if isinstance(event, DtmfIn):
                     call.dtmf.append(event.digit)
-                    runner.post("dtmf", call, event.digit)
+                    call.publish(ev.Dtmf(call.id, event.digit))
                     if not self.has_handlers("dtmf"):
                         speaking = await self._builtin_dtmf(call, event.digit, speaking)
                 elif isinstance(event, MediaEnded):
@@ -441,9 +447,12 @@ class Agent:
                 speaking.cancel()
                 await asyncio.gather(speaking, return_exceptions=True)
 
-    async def _converse(self, call: Call, media: CallMedia, runner: HandlerRunner) -> Any:
+    def _started(self, call: Call) -> None:
+        call.publish(ev.CallStarted(call.id, call.pbx, call.caller, call.called, call.sample_rate))
+
+    async def _converse(self, call: Call, media: CallMedia) -> Any:
         from .conversation.engine import Conversation, ConversationConfig
-        from .conversation.tools import Tool
+        from .tools import Tool
 
         await self.load_models()
         conversation = Conversation(
@@ -459,7 +468,6 @@ class Agent:
                 style=self.style,
                 reprompt_after_s=self.reprompt_after_s,
             ),
-            emit=self._conversation_events(call, runner),
             turn_model=self._turn_model,
             text_turn=self._text_turn,
             knowledge=self.knowledge,
@@ -468,7 +476,8 @@ class Agent:
             triggers=self.emotion_triggers,
         )
         self.conversations[call.id] = conversation
-        runner.post("call_started", call)
+        call.bus.subscribe(self._builtin_behaviour(call), "builtin")
+        self._started(call)
         await conversation.run()
         return conversation
 
@@ -539,7 +548,7 @@ class Agent:
             speaking.cancel()
             await asyncio.gather(speaking, return_exceptions=True)
         if digit == "0":
-            call.publish("escalation_requested", call, "keypad")
+            call.publish(ev.EscalationRequested(call.id, "keypad"))
             if not self.has_handlers("escalation_requested"):
                 return asyncio.create_task(self._say_then_transfer(call))
             return None
@@ -548,20 +557,21 @@ class Agent:
         name = {"*": "star"}.get(digit, digit)
         return asyncio.create_task(call.say(f"You pressed {name}."))
 
-    def _conversation_events(self, call: Call, runner: HandlerRunner) -> Callable[..., None]:
-        """The conversation's events go to the handlers; a caller asking for
-        a person is handed over by the agent itself unless a handler for
-        ``escalation_requested`` decides instead."""
+    def _builtin_behaviour(self, call: Call) -> Callable[[ev.Event], Any]:
+        """A subscriber: a caller asking for a person is handed over by the
+        agent itself unless a handler for ``escalation_requested`` decides
+        instead."""
         handing_over: set[asyncio.Task[Any]] = set()
 
-        def emit(name: str, *args: Any) -> None:
-            runner.post(name, *args)
-            if name == "escalation_requested" and not self.has_handlers(name):
+        def on(event: ev.Event) -> None:
+            if isinstance(event, ev.EscalationRequested) and not self.has_handlers(
+                "escalation_requested"
+            ):
                 task = asyncio.ensure_future(self._say_then_transfer(call))
                 handing_over.add(task)
                 task.add_done_callback(handing_over.discard)
 
-        return emit
+        return on
 
     async def _say_then_transfer(self, call: Call, include_transcript: bool = True) -> None:
         await call.say(CONNECTING)
@@ -623,7 +633,10 @@ class Agent:
         await server.start(host, port)
         self.stream_server: Any = None
         outbox: asyncio.Task[None] | None = None
+        self.metrics_server: Any = None
         try:
+            if s.metrics:
+                self.metrics_server = await self._serve_metrics(clock)
             await asyncio.to_thread(lambda: self.store)  # migrate before the first call ends
             if s.redis_url:
                 self._outbox_wakeup = asyncio.Event()
@@ -638,6 +651,8 @@ class Agent:
             await (stop.wait() if stop is not None else asyncio.Event().wait())
         finally:
             await server.close()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             if outbox is not None:
                 await asyncio.sleep(0)  # let a record written just now reach the queue
                 outbox.cancel()
@@ -649,6 +664,33 @@ class Agent:
                 await self.control.close()
             if self.esl is not None:
                 await self.esl.close()
+
+    async def _serve_metrics(self, clock: Any) -> Any:
+        """Prometheus ``/metrics`` at ``VOICEOS_METRICS`` (loopback, or with a token)."""
+        from .metrics import Metrics, serve_metrics
+
+        s = self.settings
+        assert s.metrics is not None
+        host, port = split_hostport(s.metrics)
+        token = s.metrics_token.get_secret_value() if s.metrics_token else None
+        if not is_loopback(host) and not token:
+            raise ConfigurationError(
+                f"refusing to serve metrics on {host} without a token: set "
+                "VOICEOS_METRICS_TOKEN (scrapers send it as a bearer token), or listen on "
+                "127.0.0.1"
+            )
+        if self.metrics is None:
+            self.metrics = Metrics()
+            self.subscribers.append(self.metrics.observe)
+        metrics = self.metrics
+
+        def sample() -> None:
+            dropped = sum(
+                sub.dropped for call in self.calls.values() for sub in call.bus.subscriptions
+            )
+            metrics.sample(clock, self.dropped_events + dropped)
+
+        return await serve_metrics(metrics, host, port, token, sample)
 
     async def _start_freeswitch(self, recorder: Any, clock: Any) -> Any:
         """The mod_audio_stream WebSocket server, and ESL control if configured."""

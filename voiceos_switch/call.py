@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from . import log
 from .audio.pacer import Playout
+from .events import EscalationRequested, Event, EventBus, Transcript
 from .media import CallMedia
 from .speech import SpeechHandle, heard_prefix
 
@@ -56,16 +57,9 @@ class ReviewFlag:
     at: float = field(default_factory=time.time)
 
 
-Publish = Callable[..., None]
-
-
-def _nowhere(event: str, call: Any, *args: Any) -> None:
-    return None
-
-
 class Call:
-    """One call. ``publish(event, call, *args)`` hands an event to the
-    agent's handlers, off the turn loop (it never blocks)."""
+    """One call. Its events go to :attr:`bus` (the agent's handlers, the
+    metrics and any viewer subscribe there; publishing never blocks)."""
 
     def __init__(
         self,
@@ -73,12 +67,12 @@ class Call:
         tts: TTS,
         *,
         agent_name: str = "agent",
-        publish: Publish = _nowhere,
+        bus: EventBus | None = None,
     ) -> None:
         self.media = media
         self._tts = tts
         self.agent_name = agent_name
-        self.publish = publish
+        self.bus = bus if bus is not None else EventBus(media.call_id)
         self.id = media.call_id
         self.pbx = media.pbx
         self.caller = ""
@@ -137,7 +131,7 @@ class Call:
             self._finish_turn(turn, handle, False)
             raise
         self._finish_turn(turn, handle, complete)
-        self.publish("transcript", self, turn)
+        self.publish_turn(turn)
         return turn
 
     def _finish_turn(self, turn: Turn, handle: Any, complete: bool) -> None:
@@ -171,13 +165,30 @@ class Call:
         self.review_flags.append(ReviewFlag(reason))
         logger.info(log.kv(event="flagged_for_review", reason=reason))
 
+    def publish(self, event: Event) -> None:
+        self.bus.publish(event)
+
+    def publish_turn(self, turn: Turn) -> None:
+        """A line of the transcript, final, as an event."""
+        self.bus.publish(
+            Transcript(
+                self.id,
+                turn.role,
+                turn.text,
+                turn.started_at,
+                turn.ended_at,
+                turn.interrupted,
+                turn.planned_text,
+            )
+        )
+
     def request_person(self, source: str = "model") -> None:
         """The caller is to be handed to a person: ``escalation_requested``
         goes to the agent's handlers (or its own hand-off, without one)."""
         if self.escalator is not None:
             self.escalator(source)
         else:
-            self.publish("escalation_requested", self, source)
+            self.publish(EscalationRequested(self.id, source))
 
     def transcript_text(self) -> str:
         return "\n".join(f"{t.role}: {t.text}" for t in self.transcript if t.text)

@@ -42,12 +42,14 @@ def load_agent(spec: str) -> object:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .agent import Agent, ConfigurationError
+    from .agent import Agent
+    from .errors import ConfigurationError
 
     overrides = {}
     for address, setting in (
         (args.audiosocket, "audiosocket"),
         (args.freeswitch, "freeswitch_stream"),
+        (args.metrics, "metrics"),
     ):
         if address:
             try:
@@ -72,6 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         where = settings.audiosocket
         if settings.freeswitch_stream:
             where += f" or {settings.freeswitch_stream}"
+        if settings.metrics:
+            where += f" or {settings.metrics}"
         return _fail(f"cannot listen on {where}: {exc.strerror or exc}")
     return 0
 
@@ -488,6 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="also accept FreeSWITCH mod_audio_stream connections here (e.g. 127.0.0.1:9093; "
         "needs VOICEOS_STREAM_TOKEN, and VOICEOS_ESL_PASSWORD for playback and control)",
+    )
+    serve.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (or VOICEOS_METRICS; "
+        "beyond loopback it needs VOICEOS_METRICS_TOKEN)",
     )
     serve.add_argument("--agent", metavar="MODULE:ATTR", help="your Agent, e.g. app:agent")
     serve.add_argument("--record-dir", metavar="DIR", help="write both legs of each call as WAV")

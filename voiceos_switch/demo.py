@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from .agent import Agent
-from .conversation.tools import tool
 from .protocols import audiosocket as proto
 from .settings import Settings
+from .tools import tool
 
 RATE = 8000
 FRAME_BYTES = RATE // 50 * 2

@@ -1,88 +1,65 @@
-"""The user's event handlers, run off the turn loop.
+"""The user's event handlers, as one subscriber of the call's event bus.
 
-A handler that awaits ``call.say(...)`` or a slow lookup must never stop the
-call's listening: each call gets one runner task that calls its handlers in
-the order the events happened, while the turn loop goes on. Posting never
-blocks; a runner that falls far behind drops the oldest events (counted and
-logged) instead of growing without bound.
+A handler that awaits ``call.say(...)`` or a slow lookup must never stop
+the call's listening: the bus runs this subscriber on a task of its own,
+handlers in the order the events happened, while the turn loop goes on
+(``events.py``: a subscriber that falls far behind drops its oldest events,
+counted and logged, instead of growing without bound).
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from . import events as ev
 from . import log
+from .call import Call, Turn
 
 logger = log.get(__name__)
 
 Handler = Callable[..., Awaitable[Any] | Any]
 
-#: events waiting for a call's handlers at most
-MAX_PENDING = 1000
+
+def sdk_arguments(call: Call, event: ev.Event) -> tuple[str, tuple[Any, ...]] | None:
+    """The SDK's name for an event and the arguments its handlers get."""
+    if isinstance(event, ev.CallStarted):
+        return "call_started", (call,)
+    if isinstance(event, ev.CallEnded):
+        return "call_ended", (call,)
+    if isinstance(event, ev.Dtmf):
+        return "dtmf", (call, event.digit)
+    if isinstance(event, ev.Transcript):
+        turn = Turn(event.role, event.text, event.started_at, event.ended_at)
+        turn.interrupted, turn.planned_text = event.interrupted, event.planned_text
+        return "transcript", (call, turn)
+    if isinstance(event, ev.EmotionDetected):
+        return "emotion_detected", (call, event.emotion)
+    if isinstance(event, ev.EscalationRequested):
+        return "escalation_requested", (call, event.source)
+    return None
 
 
-class HandlerRunner:
-    """One call's handlers, called in order on a task of their own."""
+def handler_subscriber(
+    handlers: Mapping[str, Sequence[Handler]], call: Call
+) -> Callable[[ev.Event], Awaitable[None]]:
+    """The subscriber that calls the agent's handlers for ``call``."""
 
-    def __init__(self, handlers: Mapping[str, Sequence[Handler]]) -> None:
-        self.handlers = handlers
-        self._pending: collections.deque[tuple[str, tuple[Any, ...]]] = collections.deque()
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
-        self.dropped = 0
-        self.errors = 0
-
-    def post(self, event: str, *args: Any) -> None:
-        if not self.handlers.get(event):
+    async def deliver(event: ev.Event) -> None:
+        named = sdk_arguments(call, event)
+        if named is None:
             return
-        if len(self._pending) >= MAX_PENDING:
-            self._pending.popleft()
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                logger.warning(log.kv(event="handler_events_dropped", dropped=self.dropped))
-        self._pending.append((event, args))
-        self._idle.clear()
-        self._wake.set()
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
+        name, args = named
+        for handler in handlers.get(name, ()):
+            try:
+                result = handler(*_fit(handler, args))
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:  # one handler's fault is logged; the others still run
+                logger.exception(log.kv(event="handler_error", handler=name))
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                event, args = self._pending.popleft()
-                for handler in self.handlers.get(event, ()):
-                    try:
-                        result = handler(*_fit(handler, args))
-                        if inspect.isawaitable(result):
-                            await result
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:
-                        self.errors += 1
-                        logger.exception(log.kv(event="handler_error", handler=event))
-            self._idle.set()
-
-    async def drain(self, timeout: float) -> bool:
-        """Wait until every posted event was handled (True), at most ``timeout``."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+    return deliver
 
 
 def _fit(handler: Handler, args: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -56,6 +56,16 @@ class Settings(BaseSettings):
         "authentication: only enable this on a network you control and firewall it "
         "to the PBX.",
     )
+    metrics: str | None = Field(
+        None,
+        description="Serve Prometheus metrics at http://HOST:PORT/metrics (off when unset; "
+        "e.g. 127.0.0.1:9100).",
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token the metrics endpoint asks for; required when it listens "
+        "beyond loopback.",
+    )
     max_calls: int = Field(1000, ge=1, description="Concurrent calls accepted.")
     handshake_timeout_s: float = Field(
         5.0, gt=0, description="A new connection must send its call id within this."

@@ -219,6 +219,8 @@ async def test_a_worker_killed_mid_task_runs_it_again_and_stores_once(
             break
         await asyncio.sleep(0.25)
     assert store.analysis_count(call_id, "transcript") == 1
+    # the worker logs the success after the result is stored: wait for the line
+    worker.wait_for(f"run_analysis[{sent.id}] succeeded", 60)
     log = worker.text()
     assert "WorkerLostError" in log or "Worker exited prematurely" in log
     assert log.count(f"run_analysis[{sent.id}] succeeded") == 1

@@ -19,12 +19,14 @@ from tests.phone import phone_channel
 from voiceos_switch.audio.pacer import FrameClock
 from voiceos_switch.call import Call
 from voiceos_switch.conversation.engine import Conversation, ConversationConfig
-from voiceos_switch.conversation.tools import Tool
+from voiceos_switch.events import Event
+from voiceos_switch.handlers import sdk_arguments
 from voiceos_switch.media import AudioIn
 from voiceos_switch.providers.fallback import FallbackLLM
 from voiceos_switch.providers.llm import LLMError, TextDelta, ToolCallRequest
 from voiceos_switch.providers.stt import Transcript
 from voiceos_switch.providers.tts.piper import PiperTTS
+from voiceos_switch.tools import Tool
 
 FRAME = 320
 
@@ -197,8 +199,12 @@ def make(
     call = Call(media, FakeTTS())
     events: list[tuple[str, Any]] = []
 
-    def emit(name: str, call: Call, *args: Any) -> None:
-        events.append((name, args))
+    def record(event: Event) -> None:
+        named = sdk_arguments(call, event)
+        if named is not None:
+            events.append((named[0], named[1][1:]))
+
+    call.bus.subscribe(record)
 
     conv = Conversation(
         call,
@@ -208,7 +214,6 @@ def make(
         tts=FakeTTS(),
         tools=tools or [],
         config=ConversationConfig(system_prompt="You help callers.", **cfg),
-        emit=emit,
     )
     h = Harness(media, conv)
     h.events = events  # type: ignore[attr-defined]

@@ -120,7 +120,7 @@ async def test_a_frustrated_caller_hears_the_trigger_line_and_the_handlers_see_i
     asked = [m["content"] for m in llm[0].seen[-1] if m["role"] == "user"]
     assert "sounds frustrated" in asked[-1] and LINE in asked[-1]
     assert [e.type for e in seen] == ["frustrated"]
-    assert seen[0].turn == 2 and 0.0 < seen[0].intensity <= 1.0
+    assert seen[0].text == ANGRY and 0.0 < seen[0].intensity <= 1.0
     assert any("third time" in c or "ridiculous" in c for c in seen[0].cues)
     assert [f.reason for f in call.review_flags] == ["flagged"]
     # the timeline is in the call's record: both caller turns, the second announced

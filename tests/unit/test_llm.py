@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from voiceos_switch.conversation.tools import Tool
 from voiceos_switch.providers.fallback import FallbackLLM
 from voiceos_switch.providers.llm import (
     LLMError,
@@ -25,6 +24,7 @@ from voiceos_switch.providers.llm import (
     default_gguf,
     route_tool,
 )
+from voiceos_switch.tools import Tool
 
 
 def lookup_order(order_number: str) -> dict[str, str]:

@@ -268,8 +268,8 @@ def _sse(obj: dict[str, object]) -> bytes:
 async def test_streamed_tool_call_deltas_are_assembled() -> None:
     """A server that streams a tool call the way OpenAI's API does: the id
     and name first, the JSON arguments in fragments, two calls interleaved."""
-    from voiceos_switch.conversation.tools import Tool
     from voiceos_switch.providers.llm import OpenAICompatLLM, ToolCallRequest
+    from voiceos_switch.tools import Tool
 
     seen: list[dict[str, object]] = []
 

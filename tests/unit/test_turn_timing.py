@@ -23,11 +23,13 @@ from voiceos_switch.audio.pacer import FrameClock
 from voiceos_switch.call import Call
 from voiceos_switch.conversation.engine import Conversation, ConversationConfig, TurnState
 from voiceos_switch.conversation.knowledge import Fact, Knowledge
-from voiceos_switch.conversation.tools import Tool, tool
+from voiceos_switch.events import Event
+from voiceos_switch.handlers import sdk_arguments
 from voiceos_switch.media import AudioIn, DtmfIn
 from voiceos_switch.providers.llm import TextDelta, ToolCallRequest
 from voiceos_switch.providers.stt import Transcript
 from voiceos_switch.providers.vad import VADResult
+from voiceos_switch.tools import Tool, tool
 
 RATE = 8000
 FRAME = 320  # bytes in 20 ms
@@ -200,7 +202,8 @@ class Line:
         self.stt = VirtualSTT(self.clock, self.words, stt_delay)
         self.llm = VirtualLLM(self.clock, replies)
         self.events: list[tuple[str, tuple[Any, ...]]] = []
-        self.call = Call(self.media, VirtualTTS(), publish=self._publish)
+        self.call = Call(self.media, VirtualTTS())
+        self.call.bus.subscribe(self._publish)
         self.conv = Conversation(
             self.call,
             self.media,
@@ -209,7 +212,6 @@ class Line:
             tts=VirtualTTS(),
             tools=tools or [],
             config=ConversationConfig(system_prompt="You help.", **cfg),
-            emit=self._publish,
             vad=VirtualVAD(),
             turn_model=VirtualTurn(self.clock, self.words, p),
             text_turn=VirtualWords(self.clock, words_p),
@@ -220,8 +222,10 @@ class Line:
         self.task = asyncio.ensure_future(self.conv.run())
         self.voice_end: float | None = None
 
-    def _publish(self, event: str, call: Any, *args: Any) -> None:
-        self.events.append((event, args))
+    def _publish(self, event: Event) -> None:
+        named = sdk_arguments(self.call, event)
+        if named is not None:
+            self.events.append((named[0], named[1][1:]))
 
     async def settle(self) -> None:
         for _ in range(20):

@@ -17,11 +17,12 @@ from typing import Any
 from panoramisk import Manager
 
 from .. import log
+from ..errors import ControlError
 
 logger = log.get(__name__)
 
 
-class AMIError(RuntimeError):
+class AMIError(ControlError):
     pass
 
 
@@ -64,6 +65,8 @@ class _Manager(Manager):  # type: ignore[misc]
 
 
 class AMIController:
+    pbx = "asterisk"
+
     def __init__(
         self,
         host: str = "127.0.0.1",

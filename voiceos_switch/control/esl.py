@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from .. import log
+from ..errors import ControlError
 from ..protocols import esl
 
 logger = log.get(__name__)
@@ -51,7 +52,7 @@ def fallback_group(call_id: str, slot: int) -> str:
     return f"voiceos-fallback-{call_id}-{slot}"
 
 
-class ESLError(RuntimeError):
+class ESLError(ControlError):
     """A command failed or FreeSWITCH could not be reached."""
 
 

@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import events as ev
 from .. import log
 from ..audio.clock import Clock, MonotonicClock, Timer
 from ..audio.levels import level_db
@@ -48,6 +49,7 @@ from ..providers.llm import (
     route_tool,
 )
 from ..speech import SpeechHandle, SpeechState
+from ..tools import Tool
 from . import endpoint
 from .chunker import SentenceChunker
 from .emotion import ESCALATE as ESCALATE_ACTION
@@ -72,7 +74,6 @@ from .listener import (
     VoiceCue,
 )
 from .speechcache import SpeechCache, clauses
-from .tools import Tool
 
 logger = log.get(__name__)
 
@@ -249,7 +250,6 @@ class Conversation:
         tts: TTS,
         tools: list[Tool],
         config: ConversationConfig,
-        emit: Callable[..., Any],
         vad: VADLike | None = None,
         turn_model: TurnModel | None = None,
         text_turn: TextTurnModel | None = None,
@@ -265,7 +265,6 @@ class Conversation:
         self.stt, self.llm, self.tts = stt, llm, tts
         self.tools = {t.name: t for t in tools}
         self.config = config
-        self.emit = emit
         self.clock = clock or MonotonicClock()
         self.rate = media.sample_rate
         self.knowledge = knowledge or Knowledge([])
@@ -427,7 +426,7 @@ class Conversation:
         elif isinstance(event, DtmfIn):
             self.call.dtmf.append(event.digit)
             self._last_activity = self.clock.now()
-            self.emit("dtmf", self.call, event.digit)
+            self.call.publish(ev.Dtmf(self.call.id, event.digit))
 
     async def _on_time(self) -> None:
         now = self.clock.now()
@@ -509,6 +508,8 @@ class Conversation:
             )
         )
         if isinstance(event, VoiceCue | SpeechStarted):
+            if isinstance(event, SpeechStarted):
+                self.call.publish(ev.CallerSpeechStarted(self.call.id, self.listener.turn))
             self._caller_voice(event)
         elif isinstance(event, CueDropped):
             if self._barge is not None:
@@ -543,10 +544,13 @@ class Conversation:
         level = event.level_db if isinstance(event, VoiceCue) else -96.0
         self._barge = _BargeIn(turn, event.at_ms, level)
         handle.pause()
+        self.call.publish(ev.BargeInPaused(self.call.id, handle.source))
         logger.info(log.kv(event="barge_in_pause", source=handle.source))
 
     def _on_hypothesis(self, hyp: Hypothesis) -> None:
         text = hyp.text
+        if _has_words(text):
+            self.call.publish(ev.PartialTranscript(self.call.id, hyp.turn, text))
         barge = self._barge
         if barge is not None and barge.turn == hyp.turn:
             if self._settle_barge_in(barge, text):
@@ -593,6 +597,7 @@ class Conversation:
     def _confirm_barge_in(self) -> None:
         self.barge_ins += 1
         self._barge = None
+        self.call.publish(ev.BargeInResolved(self.call.id, "interrupted"))
         dropped = 0
         for handle in self._all_handles():
             if handle is not (self._spec.handle if self._spec else None):
@@ -602,6 +607,7 @@ class Conversation:
     def _resume_after_false_barge_in(self, why: str) -> None:
         self._barge = None
         self.false_barge_ins += 1
+        self.call.publish(ev.BargeInResolved(self.call.id, why))
         if self.speaking is not None:
             self.speaking.resume()
         logger.info(log.kv(event="barge_in_ignored", why=why))
@@ -692,7 +698,7 @@ class Conversation:
                 merged=merged is not None,
             )
         )
-        self.emit("transcript", self.call, turn)
+        self.call.publish_turn(turn)
         actions = self._announce(reading)
         if self.call.transferred_to is not None or self.media.ended:
             reply.handle.cancel()  # the caller is with a person now
@@ -722,7 +728,7 @@ class Conversation:
             previous.handle.interrupt()
         self._reply = self._answered = None
         logger.info(log.kv(event="escalation_requested", source=source))
-        self.emit("escalation_requested", self.call, source)
+        self.call.publish(ev.EscalationRequested(self.call.id, source))
 
     def _person_requested(self, source: str) -> None:
         """``call.request_person`` (a tool, a handler): what the agent is
@@ -731,7 +737,7 @@ class Conversation:
             handle.interrupt()
         self._reply = self._answered = None
         logger.info(log.kv(event="escalation_requested", source=source))
-        self.emit("escalation_requested", self.call, source)
+        self.call.publish(ev.EscalationRequested(self.call.id, source))
 
     # ------------------------------------------------------------- emotion
     def _reading_of(
@@ -763,7 +769,7 @@ class Conversation:
             return set()
         actions: set[str] = set()
         for emotion in self.emotion.commit(reading):
-            self.emit("emotion_detected", self.call, emotion)
+            self.call.publish(ev.EmotionDetected(self.call.id, emotion))
             trigger = self.triggers.get(emotion.type)
             if trigger is not None and trigger.action is not None and not emotion.rising:
                 actions.add(trigger.action)
@@ -897,8 +903,20 @@ class Conversation:
                 self._agent_said.append(heard)
                 self.history.append({"role": "assistant", "content": heard})
         if self._reply is not None and self._reply.handle is handle:
-            self._reply.metrics.interrupted = handle.state is SpeechState.INTERRUPTED
+            m = self._reply.metrics
+            m.interrupted = handle.state is SpeechState.INTERRUPTED
             self._reply = None
+            self.call.publish(
+                ev.TurnLatency(
+                    self.call.id,
+                    m.index,
+                    m.as_ms(),
+                    m.answer,
+                    m.endpoint_reason,
+                    m.preemptive,
+                    m.interrupted,
+                )
+            )
         self._last_activity = self.clock.now()
         if self.speaking is handle:
             self.speaking = None
@@ -976,7 +994,7 @@ class Conversation:
                 with contextlib.suppress(ValueError):
                     self.call.transcript.remove(turn)
                 return
-            self.emit("transcript", self.call, turn)
+            self.call.publish_turn(turn)
 
         asyncio.ensure_future(handle.wait()).add_done_callback(ended)
 
@@ -1233,6 +1251,7 @@ class Conversation:
             self.call.tool_calls.append(
                 {"name": c.name, "arguments": c.arguments, "result": result, "at": time.time()}
             )
+            self.call.publish(ev.ToolCalled(self.call.id, c.name, c.arguments, result))
             block.append({"role": "tool", "tool_call_id": c.id, "name": c.name, "content": result})
         self.history[at:at] = block
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from .. import log
-from ..conversation.tools import Tool
+from ..tools import Tool
 from .llm import (
     LLM,
     LLMError,

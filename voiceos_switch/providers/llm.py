@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..conversation.tools import Tool
+from ..tools import Tool
 from .workers import model_executor
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ConfigurationError
 from ..settings import Settings
 
 LLM_NAMES = (
@@ -21,8 +22,6 @@ STT_NAMES = (
 
 
 def _error(message: str) -> Exception:
-    from ..agent import ConfigurationError
-
     return ConfigurationError(message)
 
 

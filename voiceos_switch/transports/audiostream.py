@@ -40,7 +40,8 @@ from typing import Any
 from .. import log
 from ..audio.pacer import ChunkPacer, FrameClock, Playout
 from ..audio.pcm import FRAME_MS
-from ..control.esl import ESLController, ESLError
+from ..callcontrol import PlaybackControl
+from ..errors import ControlError
 from ..media import AudioIn, DtmfIn, MediaEnded
 from ..protocols import esl
 from .inbox import CallRecording, Inbox, InboxMedia, run_agent, silent_playout
@@ -233,7 +234,7 @@ class StreamCall(InboxMedia):
         if control is not None and self.call_id not in control.transferred:
             try:
                 await control.hangup(self.call_id)
-            except ESLError as exc:
+            except ControlError as exc:
                 logger.warning(
                     log.kv(event="hangup_failed", error=exc), extra={"call_id": self.call_id}
                 )
@@ -277,7 +278,7 @@ class StreamCall(InboxMedia):
         slot = 0
         try:  # if the fallback fires from now on, this is why
             await control.set_var(self.call_id, "voiceos_fallback_reason", "the bridge went away")
-        except ESLError as exc:
+        except ControlError as exc:
             logger.warning(
                 log.kv(event="watchdog_failed", error=exc), extra={"call_id": self.call_id}
             )
@@ -287,7 +288,7 @@ class StreamCall(InboxMedia):
                     self.call_id, self.server.watchdog_s, FALLBACK, slot
                 )
                 slot = 1 - slot
-            except ESLError as exc:
+            except ControlError as exc:
                 logger.warning(
                     log.kv(event="watchdog_failed", error=exc), extra={"call_id": self.call_id}
                 )
@@ -328,7 +329,7 @@ class StreamCall(InboxMedia):
     async def _run_control(self, what: str, action: Awaitable[None]) -> None:
         try:
             await action
-        except ESLError as exc:
+        except ControlError as exc:
             logger.warning(
                 log.kv(event="control_failed", action=what, error=exc),
                 extra={"call_id": self.call_id},
@@ -413,7 +414,7 @@ class AudioStreamServer:
         token: str,
         *,
         clock: FrameClock | None = None,
-        control: ESLController | None = None,
+        control: PlaybackControl | None = None,
         playback: str = "files",
         chunk_ms: int = 200,
         max_calls: int = 1000,
@@ -631,7 +632,7 @@ class AudioStreamServer:
             await control.set_var(call.call_id, "voiceos_fallback_reason", "bridge shutting down")
             await control.redirect(call.call_id, FALLBACK[0], FALLBACK[2])
             logger.info(log.kv(event="call_handed_back"), extra={"call_id": call.call_id})
-        except ESLError as exc:
+        except ControlError as exc:
             logger.warning(
                 log.kv(event="hand_back_failed", error=exc), extra={"call_id": call.call_id}
             )

@@ -1,4 +1,7 @@
-"""Plain Python functions as LLM tools: the JSON schema comes from type hints."""
+"""Plain Python functions as LLM tools: the JSON schema comes from type hints.
+
+Below both the models (which send the schemas) and the turn loop (which
+runs the tools): it imports nothing of the package."""
 
 from __future__ import annotations
 
