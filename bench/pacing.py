@@ -21,12 +21,20 @@ an audible gap (its length is reported), on top of FreeSWITCH's own seam.
     .venv/bin/python bench/pacing.py               # 1, 50, 200, 500 calls
     .venv/bin/python bench/pacing.py --calls 200 --seconds 20 --json out.json
     .venv/bin/python bench/pacing.py --transport ws --calls 200
+    .venv/bin/python bench/pacing.py --calls 200 --subscriber slow
+
+``--subscriber fast|slow``: every call also has an event bus on which each
+caller frame publishes an event (50 a second a call, far more than a real
+call publishes), with a subscriber that takes each at once (``fast``: the
+cost of publishing itself) or a second over each (``slow``: it falls behind
+at once and drops); the two must pace alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -47,7 +55,7 @@ PHASES = 10
 WS_TOKEN = "bench-token-0123456789abcdef"
 
 
-def serve(port: int, transport: str = "audiosocket") -> None:
+def serve(port: int, transport: str = "audiosocket", subscriber: str = "none") -> None:
     from voiceos_switch.audio import pacer as pacer_mod
     from voiceos_switch.audio.pcm import tone
     from voiceos_switch.transports.audiosocket import AudioSocketCall, AudioSocketServer
@@ -55,6 +63,7 @@ def serve(port: int, transport: str = "audiosocket") -> None:
 
     lateness: list[float] = []
     wakes: list[float] = []
+    dropped_events: list[int] = []
 
     async def talk(call: AudioSocketCall) -> None:  # or a StreamCall: the same interface
         """An agent that never stops talking: the pacer always has audio."""
@@ -67,9 +76,27 @@ def serve(port: int, transport: str = "audiosocket") -> None:
                 await asyncio.sleep(0.2)
 
         feeder = asyncio.create_task(feed())
+        bus = None
+        if subscriber != "none":
+            from voiceos_switch import events as ev
+
+            async def stuck(event: ev.Event) -> None:
+                await asyncio.sleep(1.0)  # a viewer on a dead connection
+
+            async def quick(event: ev.Event) -> None:
+                return None
+
+            bus = ev.EventBus(call.call_id)
+            bus.subscribe(stuck if subscriber == "slow" else quick, subscriber, maxsize=100)
+        frames = 0
         async for _ in call.events():
-            pass
+            if bus is not None:
+                frames += 1
+                bus.publish(ev.PartialTranscript(call.call_id, frames, "words so far"))
         feeder.cancel()
+        if bus is not None:
+            dropped_events.append(sum(s.dropped for s in bus.subscriptions))
+            await bus.close()
 
     class MeasuredClock(pacer_mod.MonotonicClock):
         async def sleep_until(self, deadline: float) -> None:
@@ -94,6 +121,7 @@ def serve(port: int, transport: str = "audiosocket") -> None:
         else:
             server = AudioSocketServer(talk, clock=clock, max_calls=10_000, handshake_timeout=30)
         await server.start("127.0.0.1", port)
+        gc.freeze()  # as Agent.run does once its models are loaded
         print("ready", flush=True)
         loop = asyncio.get_running_loop()
         line = await loop.run_in_executor(None, sys.stdin.readline)
@@ -110,11 +138,13 @@ def serve(port: int, transport: str = "audiosocket") -> None:
                         "lateness_ms": _pcts(lateness, 1000.0),
                         "tick_jitter_ms": _pcts(gaps, 1000.0),
                         "reanchors": clock.reanchors,
+                        "events_dropped": sum(dropped_events),
                     }
                 ),
                 flush=True,
             )
         await server.close()
+        gc.unfreeze()
 
     asyncio.run(main())
 
@@ -291,13 +321,14 @@ async def load_ws(port: int, calls: int, seconds: float, warmup: float) -> dict[
 
 
 def run_one(
-    calls: int, seconds: float, port: int, transport: str = "audiosocket"
+    calls: int, seconds: float, port: int, transport: str = "audiosocket", subscriber: str = "none"
 ) -> dict[str, object]:
     import psutil
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     bridge = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port), "--transport", transport],
+        [sys.executable, __file__, "--serve", str(port), "--transport", transport]
+        + ["--subscriber", subscriber],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -343,6 +374,7 @@ def run_one(
         bridge_tick_lateness_ms=stats["lateness_ms"],
         bridge_tick_jitter_ms=stats["tick_jitter_ms"],
         reanchors=stats["reanchors"],
+        subscriber=subscriber,
     )
     return result
 
@@ -354,10 +386,17 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=19092)
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--transport", choices=["audiosocket", "ws"], default="audiosocket")
+    ap.add_argument(
+        "--subscriber",
+        choices=["none", "fast", "slow"],
+        default="none",
+        help="each call publishes an event per caller frame to a subscriber that keeps up "
+        "(fast) or never does (slow)",
+    )
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.serve, args.transport)
+        serve(args.serve, args.transport, args.subscriber)
         return
     results = []
     print(
@@ -367,7 +406,7 @@ def main() -> None:
     if args.transport == "ws":
         print("(ws: rx columns are underruns: gaps p50/p99/max ms; frames = messages)")
     for n in args.calls:
-        r = run_one(n, args.seconds, args.port, args.transport)
+        r = run_one(n, args.seconds, args.port, args.transport, args.subscriber)
         results.append(r)
         j, t = r["jitter_ms"], r["bridge_tick_jitter_ms"]
         print(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import json
 import signal
 import time
@@ -154,6 +155,10 @@ class Agent:
         self.metrics: Any = None
         #: events slow subscribers lost on calls that have ended
         self.dropped_events = 0
+        #: the Redis Stream this bridge's events go to (with VOICEOS_REDIS_URL)
+        self.event_stream: Any = None
+        #: analysis jobs stored and not yet queued, as of the outbox's last pass
+        self.outbox_backlog: int | None = None
         self._outbox_wakeup: asyncio.Event | None = None
 
     # events ----------------------------------------------------------------
@@ -534,6 +539,7 @@ class Agent:
         outbox = Outbox(self.store, self.settings)
         while True:
             await outbox.flush()
+            self.outbox_backlog = await asyncio.to_thread(self.store.pending_count)
             try:
                 await asyncio.wait_for(self._outbox_wakeup.wait(), outbox.retry_s)
             except TimeoutError:
@@ -634,7 +640,13 @@ class Agent:
         self.stream_server: Any = None
         outbox: asyncio.Task[None] | None = None
         self.metrics_server: Any = None
+        stream: Any = None
         try:
+            if s.redis_url and s.event_stream:
+                from .eventstream import EventStream
+
+                stream = self.event_stream = EventStream(s.redis_url, bridge=s.bridge_name)
+                self.subscribers.append(stream.publish)
             if s.metrics:
                 self.metrics_server = await self._serve_metrics(clock)
             await asyncio.to_thread(lambda: self.store)  # migrate before the first call ends
@@ -646,13 +658,22 @@ class Agent:
             # listening already: a call that comes while the models load is
             # held (its audio queued) and answered once they are ready
             await self.load_models()
+            # what is loaded by now lives as long as the bridge: the cyclic
+            # collector need not scan it again (a full collection over the
+            # models' and libraries' objects stalls the loop for 30 ms and
+            # more, and retained events make full collections come often)
+            gc.freeze()
             if ready is not None:
                 ready.set()
             await (stop.wait() if stop is not None else asyncio.Event().wait())
         finally:
+            gc.unfreeze()  # the objects can be freed again at shutdown
             await server.close()
             if self.metrics_server is not None:
                 self.metrics_server.close()
+            if stream is not None:
+                self.subscribers.remove(stream.publish)
+                await stream.close()
             if outbox is not None:
                 await asyncio.sleep(0)  # let a record written just now reach the queue
                 outbox.cancel()
@@ -688,7 +709,7 @@ class Agent:
             dropped = sum(
                 sub.dropped for call in self.calls.values() for sub in call.bus.subscriptions
             )
-            metrics.sample(clock, self.dropped_events + dropped)
+            metrics.sample(clock, self.dropped_events + dropped, self.outbox_backlog)
 
         return await serve_metrics(metrics, host, port, token, sample)
 

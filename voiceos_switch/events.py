@@ -29,6 +29,8 @@ logger = log.get(__name__)
 
 #: events a subscriber may have waiting at most
 MAX_PENDING = 1000
+#: events lost by slow subscribers are logged this often at most (for the process)
+WARN_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -125,14 +127,6 @@ class TurnLatency(Event):
 
 
 @dataclass(frozen=True)
-class ProviderFallback(Event):
-    provider_kind: str  # "llm", "stt", "tts"
-    provider: str
-    error: str
-    kind: ClassVar[str] = "provider_fallback"
-
-
-@dataclass(frozen=True)
 class EmotionDetected(Event):
     """``emotion``: the :class:`voiceos_switch.Emotion` announced."""
 
@@ -172,6 +166,36 @@ def as_dict(event: Event) -> dict[str, Any]:
 Subscriber = Callable[[Event], Awaitable[Any] | Any]
 
 
+class _Behind:
+    """Lost events, logged for the whole process at most once in
+    WARN_EVERY_S: a log line per subscriber would itself stall the loop
+    when many calls' viewers fall behind at once."""
+
+    def __init__(self) -> None:
+        self.warn_at = 0.0
+        self.lost = 0
+        self.names: set[str] = set()
+
+    def note(self, name: str) -> None:
+        self.lost += 1
+        self.names.add(name)
+        now = time.monotonic()
+        if now >= self.warn_at:
+            self.warn_at = now + WARN_EVERY_S
+            logger.warning(
+                log.kv(
+                    event="subscribers_behind",
+                    lost=self.lost,
+                    subscribers=",".join(sorted(self.names)[:5]),
+                )
+            )
+            self.lost = 0
+            self.names.clear()
+
+
+_behind = _Behind()
+
+
 class Subscription:
     """One subscriber's queue and task."""
 
@@ -192,10 +216,7 @@ class Subscription:
         if len(self._pending) >= self.maxsize:
             self._pending.popleft()
             self.dropped += 1
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                logger.warning(
-                    log.kv(event="subscriber_behind", subscriber=self.name, dropped=self.dropped)
-                )
+            _behind.note(self.name)
         self._pending.append(event)
         self._idle.clear()
         self._wake.set()

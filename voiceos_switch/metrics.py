@@ -66,12 +66,6 @@ class Metrics:
         )
         self.transfers = Counter("voiceos_transfers", "Calls handed to a person.", registry=r)
         self.tools = Counter("voiceos_tool_calls", "Tool calls, by tool.", ["tool"], registry=r)
-        self.fallbacks = Counter(
-            "voiceos_provider_fallbacks",
-            "Provider failures that moved to the next in the chain.",
-            ["kind"],
-            registry=r,
-        )
         self.dropped_events = Gauge(
             "voiceos_events_dropped",
             "Events a slow subscriber lost (summed over live and ended calls).",
@@ -111,8 +105,6 @@ class Metrics:
             self.transfers.inc()
         elif isinstance(event, ev.ToolCalled):
             self.tools.labels(event.name).inc()
-        elif isinstance(event, ev.ProviderFallback):
-            self.fallbacks.labels(event.provider_kind).inc()
 
     def sample(self, clock: Any = None, dropped: int = 0, backlog: int | None = None) -> None:
         """Figures read rather than counted, taken at each scrape."""

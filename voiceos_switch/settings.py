@@ -210,6 +210,14 @@ class Settings(BaseSettings):
         description="Redis for the Celery analysis workers (broker and results), e.g. "
         "redis://127.0.0.1:6379/0. Unset: records are kept, no analyses run.",
     )
+    event_stream: bool = Field(
+        True,
+        description="With redis_url: append every call's events to the Redis Stream "
+        "voiceos:events, so several bridges feed one viewer.",
+    )
+    bridge_name: str | None = Field(
+        None, description="This bridge's name on the event stream (default: host:pid)."
+    )
     analysis_model: str = Field(
         "local", description="The model that writes call summaries (names as for Agent(model=...))."
     )

@@ -243,6 +243,13 @@ class Store:
             ).all()
         return [dict(r._mapping) for r in rows]
 
+    def pending_count(self) -> int:
+        with self.tx() as conn:
+            n = conn.execute(
+                select(func.count()).select_from(jobs).where(jobs.c.state == "pending")
+            ).scalar()
+        return int(n or 0)
+
     def job_enqueued(self, job_id: int) -> None:
         with self.tx() as conn:
             conn.execute(
