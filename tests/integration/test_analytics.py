@@ -21,6 +21,7 @@ import pytest
 
 from tests.redis_server import RedisServer, Worker
 from voiceos_switch.demo import demo_agent
+from voiceos_switch.eventstream import read_events
 from voiceos_switch.jobs.kinds import KINDS
 from voiceos_switch.pbx.asterisk import AsteriskSandbox
 from voiceos_switch.pbx.labcall import place_call, write_wav
@@ -151,6 +152,14 @@ async def test_calls_through_asterisk_are_recorded_and_analysed(
         assert _all_exist(record["recordings"].values())
         assert got["summary"]["result"]["summary"]
         assert got["summary"]["result"]["disposition"] == "handled"
+    # the workers put each analysis on the bridges' event stream (what was
+    # there before Redis restarted is gone: it keeps nothing on disk here)
+    streamed = await read_events(redis.url)
+    done = {
+        e["analysis"] for _, e in streamed if e["kind"] == "analysis" and e["call_id"] == ids[0]
+    }
+    assert done == set(KINDS), streamed
+    assert any(e["kind"] == "analyses_complete" and e["call_id"] == ids[0] for _, e in streamed)
     # the order call went to the model, which asked for the tool
     assert store.get_call(ids[-1])["usage"]["llm_tokens_in"] > 0  # type: ignore[index]
     first = store.get_analyses(ids[-1])  # list_calls is newest first: the order call

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
@@ -102,10 +103,27 @@ def run_analysis(self: Any, call_id: str, kind: str) -> str:
         stored = db.save_analysis(call_id, kind, result, status)
     except OperationalError as exc:
         raise TransientError(str(exc)) from exc
+    if stored:
+        _to_stream({"kind": "analysis", "call_id": call_id, "analysis": kind, "status": status})
     if kind == "transcript":
         _enqueue(call_id, "qa")
     _maybe_complete(db, call_id)
     return "stored" if stored else "already stored"
+
+
+def _to_stream(entry: dict[str, Any]) -> None:
+    """An analysis's outcome on the bridges' event stream, for live viewers
+    (the store has it anyway: a Redis hiccup here loses nothing)."""
+    from ..eventstream import MAXLEN, STREAM, bridge_name
+
+    body = {**entry, "at": time.time(), "bridge": f"worker:{bridge_name()}"}
+    try:
+        with app.connection_for_write() as conn:
+            conn.default_channel.client.xadd(
+                STREAM, {"event": json.dumps(body)}, maxlen=MAXLEN, approximate=True
+            )
+    except Exception:  # noqa: BLE001 - the store already has the result
+        logger.warning("call %s: could not put %s on the event stream", entry["call_id"], entry)
 
 
 def _context(db: Store, call_id: str, kind: str) -> dict[str, Any]:
@@ -126,3 +144,4 @@ def _maybe_complete(db: Store, call_id: str) -> None:
                 client.publish(COMPLETED_CHANNEL, json.dumps({"call_id": call_id}))
         except Exception:  # noqa: BLE001 - the store already says complete
             logger.warning("call %s: could not publish the completion event", call_id)
+        _to_stream({"kind": "analyses_complete", "call_id": call_id})
