@@ -84,6 +84,12 @@ class Reading:
     ms: float
 
 
+def _words_per_s(prosody: Prosody, text: str) -> float | None:
+    """The caller's pace: words a second of speech (None: too little to tell)."""
+    words = len(text.split())
+    return words / prosody.active_s if prosody.active_s >= 0.3 and words else None
+
+
 @cache
 def shipped_weights() -> Weights:
     """The fitted weights the package ships (read once per process)."""
@@ -168,7 +174,7 @@ class EmotionReader:
         t0 = time.perf_counter()
         prosody = self._prosody_of(turn)
         words = len(text.split())
-        rate = words / prosody.active_s if prosody.active_s >= 0.3 and words else None
+        rate = _words_per_s(prosody, text)
         ref = self.baseline.reference(prosody, rate)
         features = relative(prosody, ref, rate)
         said, notes = word_features(text, self._said)
@@ -231,9 +237,7 @@ class EmotionReader:
                 st.announced = 0.0
         if reading.final:
             prosody = self._prosody_of(reading.turn)
-            words = len(reading.text.split())
-            rate = words / prosody.active_s if prosody.active_s >= 0.3 and words else None
-            self.baseline.add(prosody, rate)
+            self.baseline.add(prosody, _words_per_s(prosody, reading.text))
             self._said.append(reading.text)
             del self._said[:-6]
         self.events += out
