@@ -8,13 +8,14 @@ sounds.
 The callers are espeak-ng voices: a caller who grows angrier over three
 turns (louder, higher and faster each time, the words turning sharp only
 at the end) is handed to a person at the third; a calm, satisfied caller
-and a caller loud and high-pitched throughout but content are not; "can I
-talk to a person" is handed over at the first turn.
+and a caller loud and high-pitched throughout but content are not; "I want
+to talk to a person" is handed over at the first turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,9 @@ CONTENT = [
 ]
 #: loud and high from the first word: that is this caller's normal voice
 LOUD_CONTENT = [(text, 72, 190, 10) for text, *_ in CONTENT]
-PERSON = [("Can I talk to a person please?", 45, 170, 0)]
+#: said twice over, as callers do: on a busy machine a lost frame or two turns
+#: a lone "a person" into "others and" (measured: 2 of 8 with 3 % of frames lost)
+PERSON = [("I want to talk to a person. Get me a human, please.", 45, 170, 0)]
 
 
 @dataclass
@@ -132,5 +135,6 @@ async def test_emotion_on_the_real_asterisk(asterisk: AsteriskSandbox, tmp_path:
         # asking for a person: handed over on the first try
         call = await one_call(asterisk, tmp_path, seen, "person", PERSON)
         callers = [t for t in call.transcript if t.role == "caller"]
-        assert len(callers) == 1 and "person" in callers[0].text.lower(), callers
+        assert len(callers) == 1, callers
+        assert {"person", "human"} & set(re.findall(r"[a-z]+", callers[0].text.lower())), callers
         assert call.transferred_to == "operator" and seen.handoffs == ["operator", "operator"]
