@@ -13,6 +13,7 @@ from .call import Call, Turn  # noqa: E402
 from .errors import CallControlError, ConfigurationError, TransferError  # noqa: E402
 from .providers.emotion import Emotion  # noqa: E402
 from .tools import tool, transfer_to_human  # noqa: E402
+from .variants import Variant  # noqa: E402
 
 __all__ = [
     "Agent",
@@ -22,6 +23,7 @@ __all__ = [
     "ConfigurationError",
     "TransferError",
     "Turn",
+    "Variant",
     "tool",
     "transfer_to_human",
 ]

@@ -34,6 +34,9 @@ from .errors import CallControlError, ConfigurationError, TransferError
 from .handlers import Handler, handler_subscriber
 from .media import AudioIn, CallMedia, DtmfIn, MediaEnded
 from .settings import Settings, is_loopback, split_hostport
+from .variants import Variant
+from .variants import check as check_variants
+from .variants import pick as pick_variant
 
 logger = log.get(__name__)
 
@@ -78,6 +81,7 @@ class Agent:
         facts: Sequence[str] | Mapping[str, str] | None = None,
         turn_detection: bool = True,
         read_emotion: bool | None = None,
+        variants: Sequence[Variant] = (),
         reprompt_after_s: float = 8.0,
         name: str = "agent",
         settings: Settings | None = None,
@@ -117,6 +121,16 @@ class Agent:
                 self.settings.greeting if model is None else "Hello! How can I help you today?"
             )
         self.greeting = greeting
+        try:
+            #: A/B variants of the prompt, one per call by share (``call.variant``)
+            self.variants = check_variants(variants)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        for v in self.variants:
+            if v.style is not None and v.style not in STYLES:
+                raise ConfigurationError(
+                    f"variant {v.name!r}: style={v.style!r}: one of {', '.join(STYLES)}"
+                )
         self.human_target = human_target or self.settings.human_extension
         from .conversation.knowledge import Knowledge, facts_from
 
@@ -344,7 +358,11 @@ class Agent:
             await self._render_fixed_lines()
             warm = getattr(self._llm, "warm", None)
             if warm is not None:
-                await warm(self._prompt_prefix())
+                chosen: list[Variant | None] = [*self.variants] or [None]
+                for prompt, greeting in dict.fromkeys(
+                    (self._prompt_of(v), self._greeting_of(v)) for v in chosen
+                ):
+                    await warm(self._prompt_prefix(prompt, greeting))
         self._models_loaded = True
 
     async def _render_fixed_lines(self) -> None:
@@ -354,6 +372,7 @@ class Agent:
 
         cfg = ConversationConfig()
         lines = [f.answer for f in self.knowledge.facts]
+        lines += [self._greeting_of(v) for v in self.variants if v.greeting]
         lines += [self.greeting or "", cfg.reprompt_text, cfg.goodbye_text, cfg.not_heard_text]
         lines += [NOT_SURE, TROUBLE, CONNECTING]
         lines += [t.say for t in self.emotion_triggers.values() if isinstance(t.say, str)]
@@ -369,13 +388,23 @@ class Agent:
             )
         )
 
-    def _prompt_prefix(self) -> list[dict[str, Any]]:
+    def _prompt_of(self, variant: Variant | None) -> str:
+        if variant is not None and variant.system_prompt is not None:
+            return variant.system_prompt
+        return self.system_prompt or DEFAULT_PROMPT
+
+    def _greeting_of(self, variant: Variant | None) -> str:
+        if variant is not None and variant.greeting is not None:
+            return variant.greeting
+        return self.greeting or ""
+
+    def _prompt_prefix(self, prompt: str, greeting: str) -> list[dict[str, Any]]:
         from .conversation.engine import system_message
 
         small = bool(getattr(self._llm, "small", False))
-        prefix = [system_message(self.system_prompt or DEFAULT_PROMPT, small)]
-        if self.greeting:
-            prefix.append({"role": "assistant", "content": self.greeting})
+        prefix = [system_message(prompt, small)]
+        if greeting:
+            prefix.append({"role": "assistant", "content": greeting})
         return prefix
 
     async def handle_call(self, media: CallMedia) -> None:
@@ -385,6 +414,9 @@ class Agent:
             await self.load_models()
         bus = ev.EventBus(media.call_id)
         call = Call(media, self._tts_provider(), agent_name=self.name, bus=bus)
+        ev.bind_call(call.id, call.publish)  # what shared providers report is this call's
+        variant = pick_variant(call.id, self.variants)
+        call.variant = variant.name if variant is not None else None
         bus.subscribe(handler_subscriber(self._handlers, call), "handlers")
         for subscriber in self.subscribers:
             bus.subscribe(subscriber, getattr(subscriber, "__name__", "subscriber"))
@@ -453,13 +485,18 @@ class Agent:
                 await asyncio.gather(speaking, return_exceptions=True)
 
     def _started(self, call: Call) -> None:
-        call.publish(ev.CallStarted(call.id, call.pbx, call.caller, call.called, call.sample_rate))
+        call.publish(
+            ev.CallStarted(
+                call.id, call.pbx, call.caller, call.called, call.sample_rate, call.variant
+            )
+        )
 
     async def _converse(self, call: Call, media: CallMedia) -> Any:
         from .conversation.engine import Conversation, ConversationConfig
         from .tools import Tool
 
         await self.load_models()
+        variant = next((v for v in self.variants if v.name == call.variant), None)
         conversation = Conversation(
             call,
             media,
@@ -468,9 +505,9 @@ class Agent:
             tts=self._tts_provider(),
             tools=[Tool.from_function(f) for f in self.tools],
             config=ConversationConfig(
-                system_prompt=self.system_prompt or DEFAULT_PROMPT,
-                greeting=self.greeting or None,
-                style=self.style,
+                system_prompt=self._prompt_of(variant),
+                greeting=self._greeting_of(variant) or None,
+                style=(variant.style if variant and variant.style else self.style),
                 reprompt_after_s=self.reprompt_after_s,
             ),
             turn_model=self._turn_model,
@@ -640,7 +677,10 @@ class Agent:
         self.stream_server: Any = None
         outbox: asyncio.Task[None] | None = None
         self.metrics_server: Any = None
+        self.dashboard: Any = None
         stream: Any = None
+        tracing: Any = None
+        tracer_provider: Any = None
         try:
             if s.redis_url and s.event_stream:
                 from .eventstream import EventStream
@@ -649,6 +689,14 @@ class Agent:
                 self.subscribers.append(stream.publish)
             if s.metrics:
                 self.metrics_server = await self._serve_metrics(clock)
+            if s.dashboard:
+                self.dashboard = await self._serve_dashboard()
+            if s.otel:
+                from .tracing import Tracing, exporting_provider
+
+                tracer_provider = exporting_provider()
+                tracing = Tracing(tracer_provider)
+                self.subscribers.append(tracing.observe)
             await asyncio.to_thread(lambda: self.store)  # migrate before the first call ends
             if s.redis_url:
                 self._outbox_wakeup = asyncio.Event()
@@ -671,9 +719,18 @@ class Agent:
             await server.close()
             if self.metrics_server is not None:
                 self.metrics_server.close()
+            if self.dashboard is not None:
+                self.subscribers.remove(self.dashboard.feed.publish)
+                await self.dashboard.feed.close()  # open event streams end
+                await self.dashboard.close()
             if stream is not None:
                 self.subscribers.remove(stream.publish)
                 await stream.close()
+            if tracing is not None:
+                self.subscribers.remove(tracing.observe)
+                flush = getattr(tracer_provider, "force_flush", None)
+                if flush is not None:
+                    await asyncio.to_thread(flush, 5000)
             if outbox is not None:
                 await asyncio.sleep(0)  # let a record written just now reach the queue
                 outbox.cancel()
@@ -712,6 +769,48 @@ class Agent:
             metrics.sample(clock, self.dropped_events + dropped, self.outbox_backlog)
 
         return await serve_metrics(metrics, host, port, token, sample)
+
+    async def _serve_dashboard(self) -> Any:
+        """The live dashboard of this bridge's calls at ``VOICEOS_DASHBOARD``."""
+        from .dashboard import announce, resolve_token, start_server
+        from .dashboard.app import create_app
+        from .dashboard.feed import LiveFeed
+
+        s = self.settings
+        assert s.dashboard is not None
+        host, _ = split_hostport(s.dashboard)
+        token, generated = resolve_token(s, host)
+        feed = LiveFeed()
+        app = create_app(
+            lambda: self.store,
+            feed,
+            token,
+            variants=[v.name for v in self.variants],
+            secure_cookie=s.dashboard_secure_cookie,
+            live=self.live_calls,
+        )
+        server = await start_server(app, s.dashboard)
+        server.feed = feed
+        self.subscribers.append(feed.publish)
+        announce(host, server.port, token, generated)
+        logger.info(log.kv(event="dashboard_serving", host=host, port=server.port))
+        return server
+
+    def live_calls(self) -> list[dict[str, Any]]:
+        """The calls in progress, as the dashboard lists them."""
+        return [
+            {
+                "id": c.id,
+                "pbx": c.pbx,
+                "agent": c.agent_name,
+                "variant": c.variant,
+                "caller": c.caller,
+                "called": c.called,
+                "started_at": c.started_at,
+                "turns": [{"role": t.role, "text": t.text} for t in c.transcript if t.text],
+            }
+            for c in list(self.calls.values())
+        ]
 
     async def _start_freeswitch(self, recorder: Any, clock: Any) -> Any:
         """The mod_audio_stream WebSocket server, and ESL control if configured."""

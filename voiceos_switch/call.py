@@ -89,6 +89,8 @@ class Call:
         self.tool_calls: list[dict[str, Any]] = []
         self.emotions: list[dict[str, Any]] = []
         self.end_reason = ""
+        #: the A/B variant of the agent this call got (None: no variants)
+        self.variant: str | None = None
         #: set while a conversation runs: speech then goes through its turn
         #: loop, so the caller can interrupt it like any reply
         self.speaker: Callable[[str], Awaitable[Turn]] | None = None

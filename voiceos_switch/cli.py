@@ -50,6 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         (args.audiosocket, "audiosocket"),
         (args.freeswitch, "freeswitch_stream"),
         (args.metrics, "metrics"),
+        (args.dashboard, "dashboard"),
     ):
         if address:
             try:
@@ -76,6 +77,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             where += f" or {settings.freeswitch_stream}"
         if settings.metrics:
             where += f" or {settings.metrics}"
+        if settings.dashboard:
+            where += f" or {settings.dashboard}"
         return _fail(f"cannot listen on {where}: {exc.strerror or exc}")
     return 0
 
@@ -447,6 +450,65 @@ def _print_call(rec: dict[str, Any]) -> None:
             print(f"  cost check: {ok}")
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Every bridge's calls: live from the Redis Stream, stored from the database."""
+    import asyncio
+
+    from .dashboard import DEFAULT_LISTEN, announce, resolve_token, start_server
+    from .dashboard.app import create_app
+    from .dashboard.feed import LiveFeed, StreamFeed
+    from .errors import ConfigurationError
+    from .records.store import Store
+
+    settings = Settings()
+    listen = args.listen or settings.dashboard or DEFAULT_LISTEN
+    try:
+        host, _ = split_hostport(listen)
+        token, generated = resolve_token(settings, host)
+    except (ValueError, ConfigurationError) as exc:
+        return _fail(str(exc))
+    url = settings.resolved_database_url
+    try:
+        store = Store(url)
+        store.migrate()
+    except Exception as exc:  # noqa: BLE001 - say which database, and why
+        return _fail(f"cannot open the call store at {url}: {exc}")
+    feed: LiveFeed | StreamFeed
+    if settings.redis_url and settings.event_stream:
+        feed = StreamFeed(settings.redis_url)
+    else:
+        print(
+            "[dashboard] no live view: set VOICEOS_REDIS_URL (the bridges' event stream), "
+            "or serve the dashboard from the bridge (voiceos-switch serve --dashboard); "
+            "stored calls are shown",
+            file=sys.stderr,
+        )
+        feed = LiveFeed()
+    app = create_app(
+        lambda: store,
+        feed,
+        token,
+        secure_cookie=settings.dashboard_secure_cookie,
+        variants=args.variants.split(",") if args.variants else (),
+    )
+
+    async def run() -> None:
+        server = await start_server(app, listen)
+        announce(host, server.port, token, generated)
+        try:
+            assert server.task is not None
+            await server.task
+        finally:
+            await feed.close()
+            await server.close()
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        return _fail(f"cannot listen on {listen}: {exc.strerror or exc}")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from .jobs.kinds import ALL_QUEUES
 
@@ -498,6 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (or VOICEOS_METRICS; "
         "beyond loopback it needs VOICEOS_METRICS_TOKEN)",
+    )
+    serve.add_argument(
+        "--dashboard",
+        metavar="HOST:PORT",
+        help="serve the live dashboard of this bridge's calls (or VOICEOS_DASHBOARD; "
+        "sign in with VOICEOS_DASHBOARD_TOKEN, or the token printed at start)",
     )
     serve.add_argument("--agent", metavar="MODULE:ATTR", help="your Agent, e.g. app:agent")
     serve.add_argument("--record-dir", metavar="DIR", help="write both legs of each call as WAV")
@@ -560,6 +628,20 @@ def build_parser() -> argparse.ArgumentParser:
     calls.add_argument("--format", choices=["json", "csv"], default="json", help="with export")
     calls.add_argument("--json", action="store_true", help="with show: the whole record as JSON")
     calls.set_defaults(func=cmd_calls)
+
+    dash = sub.add_parser(
+        "dashboard",
+        help="the live dashboard of every bridge's calls (Redis Stream and call store)",
+    )
+    dash.add_argument(
+        "--listen", metavar="HOST:PORT", help="default 127.0.0.1:8089, or VOICEOS_DASHBOARD"
+    )
+    dash.add_argument(
+        "--variants",
+        metavar="A,B",
+        help="the prompt variants in the order to compare them (the first is the baseline)",
+    )
+    dash.set_defaults(func=cmd_dashboard)
 
     worker = sub.add_parser("worker", help="run a Celery worker for the post-call analyses")
     worker.add_argument("--queues", help="comma-separated (default: all of them)")

@@ -20,6 +20,7 @@ import dataclasses
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -47,6 +48,8 @@ class CallStarted(Event):
     caller: str = ""
     called: str = ""
     sample_rate: int = 8000
+    #: the A/B variant of the agent the call got
+    variant: str | None = None
     kind: ClassVar[str] = "call_started"
 
 
@@ -112,6 +115,17 @@ class ToolCalled(Event):
     kind: ClassVar[str] = "tool_called"
 
 
+#: a turn's latency marks, in the order the turn goes through them
+TURN_STAGES = (
+    "endpoint",
+    "confirmed",
+    "stt_final",
+    "llm_first_token",
+    "tts_first_audio",
+    "first_frame_sent",
+)
+
+
 @dataclass(frozen=True)
 class TurnLatency(Event):
     """One agent turn's latency marks, milliseconds after the caller's last
@@ -123,6 +137,8 @@ class TurnLatency(Event):
     endpoint_reason: str = ""
     preemptive: bool = False
     interrupted: bool = False
+    #: the caller's last word, wall-clock (the marks count from it)
+    speech_end_at: float | None = None
     kind: ClassVar[str] = "turn_latency"
 
 
@@ -132,6 +148,19 @@ class EmotionDetected(Event):
 
     emotion: Any
     kind: ClassVar[str] = "emotion_detected"
+
+
+@dataclass(frozen=True)
+class EmotionRead(Event):
+    """How the caller sounded in one finished utterance: the four scores
+    (0..1), however low, and the states it announced (if any)."""
+
+    turn: int
+    t: float  # seconds into the call
+    scores: dict[str, float]
+    confidence: float
+    announced: list[str] = field(default_factory=list)
+    kind: ClassVar[str] = "emotion_read"
 
 
 @dataclass(frozen=True)
@@ -150,6 +179,41 @@ class Transferred(Event):
 class Dtmf(Event):
     digit: str
     kind: ClassVar[str] = "dtmf"
+
+
+@dataclass(frozen=True)
+class ProviderFallback(Event):
+    """A model failed or stalled in this call and the next of its chain took
+    over: ``stage`` is ``llm``, ``stt`` or ``tts``."""
+
+    stage: str
+    provider: str
+    error: str
+    next: str
+    kind: ClassVar[str] = "provider_fallback"
+
+
+#: the call whose work runs in this context: its id and its publisher. The
+#: providers are shared by every call; what they report goes to the call
+#: that asked (each call's tasks inherit it from the call's own task).
+_current_call: ContextVar[tuple[str, Callable[[Event], None]] | None] = ContextVar(
+    "voiceos_current_call", default=None
+)
+
+
+def bind_call(call_id: str, publish: Callable[[Event], None]) -> None:
+    """Events reported from here on in this task (and the tasks it starts)
+    are the call's."""
+    _current_call.set((call_id, publish))
+
+
+def report(make: Callable[[str], Event]) -> None:
+    """``make(call_id)`` published on the call this work is for (nothing
+    outside a call)."""
+    current = _current_call.get()
+    if current is not None:
+        call_id, publish = current
+        publish(make(call_id))
 
 
 def as_dict(event: Event) -> dict[str, Any]:

@@ -66,6 +66,13 @@ class Metrics:
         )
         self.transfers = Counter("voiceos_transfers", "Calls handed to a person.", registry=r)
         self.tools = Counter("voiceos_tool_calls", "Tool calls, by tool.", ["tool"], registry=r)
+        self.fallbacks = Counter(
+            "voiceos_provider_fallbacks",
+            "A provider failed or stalled and the next of its chain took over, by stage "
+            "(llm, stt, tts) and the provider that failed.",
+            ["stage", "provider"],
+            registry=r,
+        )
         self.dropped_events = Gauge(
             "voiceos_events_dropped",
             "Events a slow subscriber lost (summed over live and ended calls).",
@@ -105,6 +112,8 @@ class Metrics:
             self.transfers.inc()
         elif isinstance(event, ev.ToolCalled):
             self.tools.labels(event.name).inc()
+        elif isinstance(event, ev.ProviderFallback):
+            self.fallbacks.labels(event.stage, event.provider).inc()
 
     def sample(self, clock: Any = None, dropped: int = 0, backlog: int | None = None) -> None:
         """Figures read rather than counted, taken at each scrape."""

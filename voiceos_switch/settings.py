@@ -66,6 +66,27 @@ class Settings(BaseSettings):
         description="Bearer token the metrics endpoint asks for; required when it listens "
         "beyond loopback.",
     )
+    dashboard: str | None = Field(
+        None,
+        description="The bridge serves the live dashboard of its own calls at "
+        "http://HOST:PORT/ (off when unset; e.g. 127.0.0.1:8089). `voiceos-switch "
+        "dashboard` serves every bridge's calls instead.",
+    )
+    dashboard_token: SecretStr | None = Field(
+        None,
+        description="The token the dashboard's sign-in asks for (16 characters or more). "
+        "Unset: one is made up at each start and printed (loopback only).",
+    )
+    dashboard_secure_cookie: bool = Field(
+        False,
+        description="Mark the dashboard's session cookie Secure (set it when the dashboard "
+        "is reached over HTTPS, through a proxy that terminates TLS).",
+    )
+    otel: bool = Field(
+        False,
+        description="Export OpenTelemetry traces of calls and turns (OTLP/HTTP; the "
+        "standard OTEL_EXPORTER_OTLP_* variables say where).",
+    )
     max_calls: int = Field(1000, ge=1, description="Concurrent calls accepted.")
     handshake_timeout_s: float = Field(
         5.0, gt=0, description="A new connection must send its call id within this."

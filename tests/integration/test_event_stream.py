@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,18 @@ from voiceos_switch.eventstream import read_events
 from voiceos_switch.settings import Settings
 
 
-def agent_on(redis_url: str, name: str, audio: dict[str, bytes], ended: list[Call]) -> Any:
+def agent_on(
+    redis_url: str,
+    name: str,
+    audio: dict[str, bytes],
+    ended: list[Call],
+    database_url: str | None = None,
+) -> Any:
     def make(s: Settings) -> Agent:
-        s = s.model_copy(update={"redis_url": redis_url, "bridge_name": name})
+        update: dict[str, Any] = {"redis_url": redis_url, "bridge_name": name}
+        if database_url:
+            update["database_url"] = database_url
+        s = s.model_copy(update=update)
         agent, _ = scripted_agent(s, audio, REPLIES, ended)
         return agent
 
@@ -106,4 +116,162 @@ async def test_redis_down_costs_the_call_nothing_and_the_stream_recovers(tmp_pat
         assert {e["call_id"] for _, e in entries} == {ended[1].id}
         assert kinds_of(entries, ended[1].id)[-1] == "call_ended"
     finally:
+        redis.stop()
+
+
+async def test_the_standalone_dashboard_follows_every_bridge_and_resumes() -> None:
+    """`voiceos-switch dashboard`'s feed: what two bridges append, in order;
+    a viewer resumes after the id it last saw, even one further back than
+    the dashboard keeps in memory (then it is read from the stream)."""
+    from voiceos_switch import events as ev
+    from voiceos_switch.dashboard.feed import StreamFeed
+    from voiceos_switch.eventstream import EventStream
+
+    redis = RedisServer().start()
+    a = EventStream(redis.url, bridge="bridge-a")
+    b = EventStream(redis.url, bridge="bridge-b")
+    feed = StreamFeed(redis.url, keep=3)
+    try:
+        await a.publish(ev.CallStarted("call-a", "asterisk"))
+        await b.publish(ev.CallStarted("call-b", "freeswitch"))
+        got = await feed.read(None, timeout=30)  # what the stream held before it started
+        assert [(e["call_id"], e["bridge"]) for _, e in got] == [
+            ("call-a", "bridge-a"),
+            ("call-b", "bridge-b"),
+        ]
+        first_id = got[0][0]
+        # new entries reach a viewer waiting on the last id
+        waiting = asyncio.create_task(feed.read(got[-1][0], timeout=30))
+        await b.publish(ev.Dtmf("call-b", "5"))
+        new = await asyncio.wait_for(waiting, 30)
+        assert [e["kind"] for _, e in new] == ["dtmf"]
+        for digit in "1234":
+            await a.publish(ev.Dtmf("call-a", digit))
+
+        async def caught_up(after: str) -> list[tuple[str, dict[str, Any]]]:
+            """What a viewer gets, page by page, until nothing is new."""
+            seen: list[tuple[str, dict[str, Any]]] = []
+            while got := await feed.read(after, timeout=0.5):
+                seen += got
+                after = got[-1][0]
+            return seen
+
+        async def four_kept() -> None:
+            while [e.get("digit") for _, e in feed._ring.entries] != ["2", "3", "4"]:  # noqa: ASYNC110 - polled: the feed's own reader fills it
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(four_kept(), 30)
+        # the first id is older than the three kept: the rest is read from the stream
+        behind = await caught_up(first_id)
+        assert [e.get("digit") for _, e in behind] == [None, "5", "1", "2", "3", "4"]
+        assert feed.error is None
+    finally:
+        await feed.close()
+        await a.close()
+        await b.close()
+        redis.stop()
+
+
+async def test_one_dashboard_over_two_bridges(tmp_path: Path) -> None:
+    """`voiceos-switch dashboard` (its app, over the Redis Stream and the
+    store both bridges write to): both bridges' calls are listed and their
+    events reach a viewer, each with its bridge's name."""
+    from tests.unit.test_dashboard import TOKEN, Client, Viewer
+    from voiceos_switch.dashboard import start_server
+    from voiceos_switch.dashboard.app import create_app
+    from voiceos_switch.dashboard.feed import StreamFeed
+    from voiceos_switch.records.store import Store
+
+    redis = RedisServer().start()
+    db = f"sqlite:///{tmp_path / 'calls.db'}"
+    store = Store(db)
+    store.migrate()
+    feed = StreamFeed(redis.url)
+    server = await start_server(create_app(lambda: store, feed, TOKEN), "127.0.0.1:0")
+    audio = await clips()
+    ended_a: list[Call] = []
+    ended_b: list[Call] = []
+    try:
+        async with Viewer(server.port) as viewer, contextlib.AsyncExitStack() as stack:
+            a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+            a_dir.mkdir()
+            b_dir.mkdir()
+            sa, _ = await stack.enter_async_context(
+                bridge(a_dir, agent_on(redis.url, "bridge-a", audio, ended_a, db))
+            )
+            sb, _ = await stack.enter_async_context(
+                bridge(b_dir, agent_on(redis.url, "bridge-b", audio, ended_b, db))
+            )
+            await asyncio.gather(run_call(sa, [audio[CALM]]), run_call(sb, [audio[CALM]]))
+            await until(lambda: ended_a and ended_b, 30, "the calls never ended")
+            ids = {ended_a[0].id: "bridge-a", ended_b[0].id: "bridge-b"}
+            seen: dict[str, set[str]] = {}
+            ends: set[str] = set()
+            while ends != set(ids):
+                _, event = await viewer.next_event(30)
+                seen.setdefault(event["call_id"], set()).add(event["bridge"])
+                if event["kind"] == "call_ended":
+                    ends.add(event["call_id"])
+        assert {c: seen[c] for c in ids} == {c: {b} for c, b in ids.items()}
+        status, _, body = await Client(f"http://127.0.0.1:{server.port}").get(
+            "/api/calls", Authorization=f"Bearer {TOKEN}"
+        )
+        assert status == 200
+        listed = {r["id"] for r in json.loads(body)["calls"]}
+        assert set(ids) <= listed
+    finally:
+        await feed.close()
+        await server.close()
+        redis.stop()
+
+
+async def test_the_dashboard_says_when_redis_is_down_and_recovers(tmp_path: Path) -> None:
+    """Redis goes away under a viewer: the page is told (a status event
+    naming the stream) within seconds; Redis back, it is told so, and the
+    events appended since reach it."""
+    from tests.unit.test_dashboard import TOKEN, Viewer
+    from voiceos_switch import events as ev
+    from voiceos_switch.dashboard import start_server
+    from voiceos_switch.dashboard.app import create_app
+    from voiceos_switch.dashboard.feed import StreamFeed
+    from voiceos_switch.eventstream import EventStream
+    from voiceos_switch.records.store import Store
+
+    port = free_port()
+    redis = RedisServer(port).start()
+    url = redis.url
+    store = Store(f"sqlite:///{tmp_path / 'calls.db'}")
+    store.migrate()
+    feed = StreamFeed(url)
+    server = await start_server(create_app(lambda: store, feed, TOKEN), "127.0.0.1:0")
+    bridge_stream = EventStream(url, bridge="bridge-a")
+    try:
+        async with Viewer(server.port) as viewer:
+            kind, _, status = await viewer.next()
+            assert kind == "status" and status["problem"] is None
+            await bridge_stream.publish(ev.CallStarted("call-1", "asterisk"))
+            _, first = await viewer.next_event(30)
+            assert first["call_id"] == "call-1"
+            redis.stop()
+            while True:
+                kind, _, status = await viewer.next(30)
+                if kind == "status":
+                    break
+            assert status["problem"] and f"127.0.0.1:{port}" in status["problem"]
+            redis.start()
+            while True:
+                kind, _, status = await viewer.next(60)
+                if kind == "status" and status["problem"] is None:
+                    break
+            for _ in range(100):  # the bridge's own stream retries on its own clock
+                await bridge_stream.publish(ev.Dtmf("call-1", "7"))
+                if bridge_stream.up:
+                    break
+                await asyncio.sleep(0.1)
+            _, after = await viewer.next_event(30)
+            assert (after["kind"], after["digit"]) == ("dtmf", "7")
+    finally:
+        await bridge_stream.close()
+        await feed.close()
+        await server.close()
         redis.stop()

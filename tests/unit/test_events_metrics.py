@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from tests.unit.test_emotion_calls import CALM, REPLIES, clips, run_call, scripted_agent
+from tests.unit.test_emotion_calls import ANGRY, CALM, REPLIES, clips, run_call, scripted_agent
 from tests.unit.test_freeswitch_faults import bridge, until
 from voiceos_switch import Agent, Call
 from voiceos_switch import events as ev
@@ -140,3 +140,40 @@ async def test_metrics_beyond_loopback_need_a_token(tmp_path: Path) -> None:
     agent._models_loaded = True
     with pytest.raises(ConfigurationError, match="VOICEOS_METRICS_TOKEN"):
         await agent.run(control=False)
+
+
+async def test_a_fallback_is_reported_to_the_call_it_happened_in(tmp_path: Path) -> None:
+    """The model chain is shared by every call; its primary fails for one
+    caller's words only. That call gets the fallback event (and the metric
+    counts it); the call beside it, at the same time, gets none."""
+    from tests.unit.test_conversation import ScriptedLLM
+    from voiceos_switch.providers.fallback import FallbackLLM
+    from voiceos_switch.providers.llm import LLMError
+
+    audio = await clips()
+    ended: list[Call] = []
+    seen: dict[str, list[ev.Event]] = {}
+    token = "metrics-token-0123456789"
+
+    def make(s: Settings) -> Agent:
+        s = s.model_copy(update={"metrics": "127.0.0.1:0", "metrics_token": SecretStr(token)})
+        agent, _ = scripted_agent(s, audio, REPLIES, ended)
+        primary = ScriptedLLM({ANGRY: LLMError("primary is down")}, name="primary")
+        agent._llm = FallbackLLM([primary, ScriptedLLM({}, name="backup")])
+        agent.subscribers.append(lambda e: seen.setdefault(e.call_id, []).append(e))
+        return agent
+
+    async with bridge(tmp_path, make) as (standin, agent):
+        await asyncio.gather(run_call(standin, [audio[ANGRY]]), run_call(standin, [audio[CALM]]))
+        await until(lambda: len(ended) == 2, 30, "the calls never ended")
+        status, text = await scrape(server_port(agent.metrics_server), token)
+    by_words = {next(t.text for t in c.transcript if t.role == "caller"): c.id for c in ended}
+    failed = [e for e in seen[by_words[ANGRY]] if isinstance(e, ev.ProviderFallback)]
+    assert failed and all(
+        (e.stage, e.provider, e.next) == ("llm", "primary", "backup") for e in failed
+    )
+    assert "primary is down" in failed[0].error
+    assert not [e for e in seen[by_words[CALM]] if isinstance(e, ev.ProviderFallback)]
+    assert status == 200
+    key = ("voiceos_provider_fallbacks_total", (("provider", "primary"), ("stage", "llm")))
+    assert samples(text)[key] == len(failed)

@@ -28,6 +28,13 @@ FORBIDDEN = [
     ("voiceos_switch.records", "voiceos_switch.agent"),
     ("voiceos_switch.tools", "voiceos_switch."),
     ("voiceos_switch.errors", "voiceos_switch."),
+    # the dashboard sits on top: it reads records and events, nothing imports it
+    ("voiceos_switch.dashboard", "voiceos_switch.agent"),
+    ("voiceos_switch.dashboard", "voiceos_switch.conversation"),
+    ("voiceos_switch.conversation", "voiceos_switch.dashboard"),
+    ("voiceos_switch.records", "voiceos_switch.dashboard"),
+    ("voiceos_switch.variants", "voiceos_switch."),
+    ("voiceos_switch.tracing", "voiceos_switch.agent"),
 ]
 
 

@@ -768,7 +768,20 @@ class Conversation:
         if self.emotion is None or reading is None:
             return set()
         actions: set[str] = set()
-        for emotion in self.emotion.commit(reading):
+        announced = self.emotion.commit(reading)
+        row = self.emotion.last_entry
+        if row is not None:
+            self.call.publish(
+                ev.EmotionRead(
+                    self.call.id,
+                    row["turn"],
+                    row["t"],
+                    dict(row["scores"]),
+                    row["confidence"],
+                    list(row["announced"]),
+                )
+            )
+        for emotion in announced:
             self.call.publish(ev.EmotionDetected(self.call.id, emotion))
             trigger = self.triggers.get(emotion.type)
             if trigger is not None and trigger.action is not None and not emotion.rising:
@@ -915,6 +928,11 @@ class Conversation:
                     m.endpoint_reason,
                     m.preemptive,
                     m.interrupted,
+                    speech_end_at=(
+                        time.time() - (self.clock.now() - m.speech_end)
+                        if m.speech_end is not None
+                        else None
+                    ),
                 )
             )
         self._last_activity = self.clock.now()

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from .. import events as ev
 from .. import log
 from ..tools import Tool
 from .llm import (
@@ -22,6 +23,13 @@ from .llm import (
 from .stt import Transcript
 
 logger = log.get(__name__)
+
+
+def _switched(stage: str, provider: Any, what: str, after: Any) -> None:
+    """One switch to the next provider: logged, and on the call's event bus."""
+    name, following = str(getattr(provider, "name", "?")), str(getattr(after, "name", "?"))
+    logger.warning(log.kv(event=f"{stage}_fallback", provider=name, error=what, next=following))
+    ev.report(lambda call_id: ev.ProviderFallback(call_id, stage, name, what, following))
 
 
 async def _next(it: Any, timeout: float) -> Any:
@@ -110,14 +118,7 @@ class FallbackSession:
                 errors.append(f"{provider.name} {what}")
                 if i + 1 < len(chain.providers):
                     chain.fallbacks += 1
-                    logger.warning(
-                        log.kv(
-                            event="llm_fallback",
-                            provider=provider.name,
-                            error=what,
-                            next=chain.providers[i + 1].name,
-                        )
-                    )
+                    _switched("llm", provider, what, chain.providers[i + 1])
             finally:
                 aclose = getattr(it, "aclose", None)
                 if aclose is not None:
@@ -157,7 +158,7 @@ class FallbackSTT:
                 errors.append(f"{provider.name} {what}")
                 if i + 1 < len(self.providers):
                     self.fallbacks += 1
-                    logger.warning(log.kv(event="stt_fallback", provider=provider.name, error=what))
+                    _switched("stt", provider, what, self.providers[i + 1])
         raise RuntimeError("every speech recogniser failed: " + "; ".join(errors))
 
 
@@ -187,5 +188,5 @@ class FallbackTTS:
                 if produced or i + 1 == len(self.providers):
                     raise
                 self.fallbacks += 1
-                logger.warning(log.kv(event="tts_fallback", provider=provider.name, error=exc))
+                _switched("tts", provider, f"failed: {exc}", self.providers[i + 1])
         raise RuntimeError("every voice failed: " + "; ".join(errors))

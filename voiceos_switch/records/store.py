@@ -297,6 +297,34 @@ class Store:
             ).all()
         return {r.kind: {"status": r.status, "result": json.loads(r.result)} for r in rows}
 
+    def recent_records(
+        self, limit: int = 50
+    ) -> list[tuple[dict[str, Any], dict[str, dict[str, Any]]]]:
+        """The latest calls, newest first, each with its analyses (two queries)."""
+        with self.tx() as conn:
+            rows = conn.execute(
+                select(calls.c.id, calls.c.record, calls.c.completed_at)
+                .order_by(calls.c.started_at.desc())
+                .limit(limit)
+            ).all()
+            by_call: dict[str, dict[str, dict[str, Any]]] = {r.id: {} for r in rows}
+            if by_call:
+                for a in conn.execute(
+                    select(
+                        analyses.c.call_id, analyses.c.kind, analyses.c.status, analyses.c.result
+                    ).where(analyses.c.call_id.in_(list(by_call)))
+                ):
+                    by_call[a.call_id][a.kind] = {
+                        "status": a.status,
+                        "result": json.loads(a.result),
+                    }
+        out = []
+        for r in rows:
+            record: dict[str, Any] = json.loads(r.record)
+            record["completed_at"] = r.completed_at
+            out.append((record, by_call[r.id]))
+        return out
+
     def results_of_kind(self, kind: str) -> dict[str, Any]:
         """Every stored successful result of one kind, by call id."""
         with self.tx() as conn:

@@ -128,6 +128,8 @@ class EmotionReader:
         self._said: list[str] = []
         self._states = {s: _State() for s in STATES}
         self.timeline: list[dict[str, Any]] = []
+        #: the timeline's entry the last commit added (None: it added none)
+        self.last_entry: dict[str, Any] | None = None
         self.events: list[Emotion] = []
         for state in STATES:
             self.thresholds.setdefault(state, self.weights.thresholds.get(state, DEFAULT_THRESHOLD))
@@ -218,6 +220,7 @@ class EmotionReader:
         """Take ``reading`` into the call's record; the states it announces.
         A provisional reading (the caller still talking) counts only in a
         long utterance."""
+        self.last_entry = None
         if not reading.final and reading.duration_s < LONG_UTTERANCE_S:
             return []
         at = self.now() - self.started
@@ -253,6 +256,7 @@ class EmotionReader:
                 "announced": [e.type for e in out],
             }
         )
+        self.last_entry = self.timeline[-1]
         del self.timeline[:-500]
         for e in out:
             logger.info(
