@@ -27,7 +27,10 @@ an audible gap (its length is reported), on top of FreeSWITCH's own seam.
 caller frame publishes an event (50 a second a call, far more than a real
 call publishes), with a subscriber that takes each at once (``fast``: the
 cost of publishing itself) or a second over each (``slow``: it falls behind
-at once and drops); the two must pace alike.
+at once and drops); the two must pace alike. ``--subscriber dashboard``: the same events go to
+the live dashboard's feed, served by the dashboard's own server in the
+bridge process, with two viewers reading the event stream (curl) and one
+that connected and never reads.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import asyncio
 import gc
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -77,7 +81,12 @@ def serve(port: int, transport: str = "audiosocket", subscriber: str = "none") -
 
         feeder = asyncio.create_task(feed())
         bus = None
-        if subscriber != "none":
+        if subscriber == "dashboard":
+            from voiceos_switch import events as ev
+
+            bus = ev.EventBus(call.call_id)
+            bus.subscribe(dashboard_feed[0].publish, "dashboard")
+        elif subscriber != "none":
             from voiceos_switch import events as ev
 
             async def stuck(event: ev.Event) -> None:
@@ -105,6 +114,24 @@ def serve(port: int, transport: str = "audiosocket", subscriber: str = "none") -
             lateness.append(now - deadline)
             wakes.append(now)
 
+    dashboard_feed: list[Any] = []
+
+    async def start_dashboard() -> list[subprocess.Popen[bytes]]:
+        import tempfile
+
+        from voiceos_switch.dashboard import start_server
+        from voiceos_switch.dashboard.app import create_app
+        from voiceos_switch.dashboard.feed import LiveFeed
+        from voiceos_switch.records.store import Store
+
+        store = Store(f"sqlite:///{tempfile.mkdtemp()}/calls.db")
+        store.migrate()
+        dashboard_feed.append(LiveFeed())
+        token = "bench-dashboard-token-0123456789"
+        web = await start_server(create_app(lambda: store, dashboard_feed[0], token), "127.0.0.1:0")
+        curl = f"exec curl -sN -H 'Authorization: Bearer {token}' http://127.0.0.1:{web.port}/api/events"
+        return _spawn([f"{curl} > /dev/null", f"{curl} > /dev/null", f"{curl} | sleep 100000"])
+
     async def main() -> None:
         clock = pacer_mod.FrameClock(MeasuredClock())
         server: AudioSocketServer | AudioStreamServer
@@ -121,6 +148,7 @@ def serve(port: int, transport: str = "audiosocket", subscriber: str = "none") -
         else:
             server = AudioSocketServer(talk, clock=clock, max_calls=10_000, handshake_timeout=30)
         await server.start("127.0.0.1", port)
+        viewers = await start_dashboard() if subscriber == "dashboard" else []
         gc.freeze()  # as Agent.run does once its models are loaded
         print("ready", flush=True)
         loop = asyncio.get_running_loop()
@@ -144,9 +172,16 @@ def serve(port: int, transport: str = "audiosocket", subscriber: str = "none") -
                 flush=True,
             )
         await server.close()
+        for viewer in viewers:
+            os.killpg(viewer.pid, signal.SIGKILL)
         gc.unfreeze()
 
     asyncio.run(main())
+
+
+def _spawn(commands: list[str]) -> list[subprocess.Popen[bytes]]:
+    """The dashboard's viewers, in their own processes (the last never reads)."""
+    return [subprocess.Popen(["sh", "-c", c], start_new_session=True) for c in commands]
 
 
 def _pcts(values: list[float], scale: float = 1.0) -> dict[str, float]:
@@ -388,7 +423,7 @@ def main() -> None:
     ap.add_argument("--transport", choices=["audiosocket", "ws"], default="audiosocket")
     ap.add_argument(
         "--subscriber",
-        choices=["none", "fast", "slow"],
+        choices=["none", "fast", "slow", "dashboard"],
         default="none",
         help="each call publishes an event per caller frame to a subscriber that keeps up "
         "(fast) or never does (slow)",

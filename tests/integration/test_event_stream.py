@@ -7,9 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from tests.freeswitch_standin import FreeSwitchStandin
 from tests.redis_server import RedisServer, free_port
 from tests.unit.test_emotion_calls import CALM, REPLIES, clips, run_call, scripted_agent
 from tests.unit.test_freeswitch_faults import bridge, until
@@ -157,7 +163,7 @@ async def test_the_standalone_dashboard_follows_every_bridge_and_resumes() -> No
             return seen
 
         async def four_kept() -> None:
-            while [e.get("digit") for _, e in feed._ring.entries] != ["2", "3", "4"]:  # noqa: ASYNC110 - polled: the feed's own reader fills it
+            while [json.loads(t).get("digit") for _, t in feed._ring.entries] != ["2", "3", "4"]:  # noqa: ASYNC110 - polled: the feed's own reader fills it
                 await asyncio.sleep(0.05)
 
         await asyncio.wait_for(four_kept(), 30)
@@ -172,10 +178,64 @@ async def test_the_standalone_dashboard_follows_every_bridge_and_resumes() -> No
         redis.stop()
 
 
-async def test_one_dashboard_over_two_bridges(tmp_path: Path) -> None:
+def _start_bridge(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "voiceos_switch.cli", "serve"]
+            + ["--agent", "tests.bridge_process:agent"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@contextlib.asynccontextmanager
+async def bridge_process(
+    tmp_path: Path, name: str, redis_url: str, database_url: str
+) -> AsyncIterator[FreeSwitchStandin]:
+    """A bridge as its own process (``voiceos-switch serve`` with the scripted
+    agent), behind its own FreeSWITCH stand-in."""
+    from tests.unit.test_freeswitch_faults import PASSWORD, TOKEN
+
+    await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)
+    standin = FreeSwitchStandin(PASSWORD, "", tmp_path)
+    esl_port = await standin.start()
+    port = free_port()
+    env = dict(
+        os.environ,
+        VOICEOS_AUDIOSOCKET="127.0.0.1:0",
+        VOICEOS_FREESWITCH_STREAM=f"127.0.0.1:{port}",
+        VOICEOS_STREAM_TOKEN=TOKEN,
+        VOICEOS_ESL_PORT=str(esl_port),
+        VOICEOS_ESL_PASSWORD=PASSWORD,
+        VOICEOS_STATE_DIR=str(tmp_path / "state"),
+        VOICEOS_REDIS_URL=redis_url,
+        VOICEOS_DATABASE_URL=database_url,
+        VOICEOS_BRIDGE_NAME=name,
+    )
+    log_path = tmp_path / "bridge.log"
+    proc = await asyncio.to_thread(_start_bridge, env, log_path)
+    try:
+
+        def listening() -> bool:
+            assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        await until(listening, 120, f"bridge {name} never listened")
+        standin.stream_url = f"ws://127.0.0.1:{port}/{TOKEN}"
+        yield standin
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 30)
+        await standin.close()
+
+
+async def test_one_dashboard_over_two_bridge_processes(tmp_path: Path) -> None:
     """`voiceos-switch dashboard` (its app, over the Redis Stream and the
-    store both bridges write to): both bridges' calls are listed and their
-    events reach a viewer, each with its bridge's name."""
+    store both bridges write to) with two bridges, each its own process:
+    both bridges' calls are listed, and their events reach a viewer, each
+    with its bridge's name."""
     from tests.unit.test_dashboard import TOKEN, Client, Viewer
     from voiceos_switch.dashboard import start_server
     from voiceos_switch.dashboard.app import create_app
@@ -189,26 +249,18 @@ async def test_one_dashboard_over_two_bridges(tmp_path: Path) -> None:
     feed = StreamFeed(redis.url)
     server = await start_server(create_app(lambda: store, feed, TOKEN), "127.0.0.1:0")
     audio = await clips()
-    ended_a: list[Call] = []
-    ended_b: list[Call] = []
     try:
-        async with Viewer(server.port) as viewer, contextlib.AsyncExitStack() as stack:
-            a_dir, b_dir = tmp_path / "a", tmp_path / "b"
-            a_dir.mkdir()
-            b_dir.mkdir()
-            sa, _ = await stack.enter_async_context(
-                bridge(a_dir, agent_on(redis.url, "bridge-a", audio, ended_a, db))
-            )
-            sb, _ = await stack.enter_async_context(
-                bridge(b_dir, agent_on(redis.url, "bridge-b", audio, ended_b, db))
-            )
-            await asyncio.gather(run_call(sa, [audio[CALM]]), run_call(sb, [audio[CALM]]))
-            await until(lambda: ended_a and ended_b, 30, "the calls never ended")
-            ids = {ended_a[0].id: "bridge-a", ended_b[0].id: "bridge-b"}
+        async with (
+            Viewer(server.port) as viewer,
+            bridge_process(tmp_path / "a", "bridge-a", redis.url, db) as sa,
+            bridge_process(tmp_path / "b", "bridge-b", redis.url, db) as sb,
+        ):
+            calls = await asyncio.gather(run_call(sa, [audio[CALM]]), run_call(sb, [audio[CALM]]))
+            ids = {calls[0].uuid: "bridge-a", calls[1].uuid: "bridge-b"}
             seen: dict[str, set[str]] = {}
             ends: set[str] = set()
             while ends != set(ids):
-                _, event = await viewer.next_event(30)
+                _, event = await viewer.next_event(60)
                 seen.setdefault(event["call_id"], set()).add(event["bridge"])
                 if event["kind"] == "call_ended":
                     ends.add(event["call_id"])
@@ -217,8 +269,9 @@ async def test_one_dashboard_over_two_bridges(tmp_path: Path) -> None:
             "/api/calls", Authorization=f"Bearer {TOKEN}"
         )
         assert status == 200
-        listed = {r["id"] for r in json.loads(body)["calls"]}
-        assert set(ids) <= listed
+        rows = {r["id"]: r for r in json.loads(body)["calls"]}
+        assert set(ids) <= set(rows)
+        assert all(rows[c]["turns"] >= 2 for c in ids)  # greeting, caller, answer
     finally:
         await feed.close()
         await server.close()

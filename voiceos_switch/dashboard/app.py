@@ -198,7 +198,7 @@ def create_app(
             problem = getattr(feed, "error", None)
             yield b"retry: 2000\n\n" + status(problem)
             while not feed.closed:
-                got = await feed.read(after, STATUS_EVERY_S if problem else HEARTBEAT_S)
+                got = await feed.read_text(after, STATUS_EVERY_S if problem else HEARTBEAT_S)
                 now = getattr(feed, "error", None)
                 if now != problem:  # the source went away, or came back
                     problem = now
@@ -208,11 +208,8 @@ def create_app(
                         return
                     yield b": ping\n\n"
                     continue
-                chunks = []
-                for entry_id, event in got:
-                    chunks.append(f"id: {entry_id}\ndata: {json.dumps(event)}\n\n")
-                    after = entry_id
-                yield "".join(chunks).encode()
+                yield "".join(f"id: {i}\ndata: {text}\n\n" for i, text in got).encode()
+                after = got[-1][0]
 
         return StreamingResponse(
             stream(),
