@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import gc
 import json
-import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -33,7 +30,7 @@ from .control.esl import ESLController, ESLError
 from .errors import CallControlError, ConfigurationError, TransferError
 from .handlers import Handler, handler_subscriber
 from .media import AudioIn, CallMedia, DtmfIn, MediaEnded
-from .settings import Settings, is_loopback, split_hostport
+from .settings import Settings
 from .variants import Variant
 from .variants import check as check_variants
 from .variants import pick as pick_variant
@@ -146,8 +143,8 @@ class Agent:
         self._text_turn: Any = None
         self._handlers: dict[str, list[Handler]] = {name: [] for name in EVENTS}
         self.calls: dict[str, Call] = {}
-        self.control: AMIController | None = None
-        self.esl: ESLController | None = None
+        #: what serves the calls, once ``run`` has started it
+        self.runtime: Any = None
         self._tts: TTS | None = None
         self._llm: Any = None
         self._stt: Any = None
@@ -165,15 +162,8 @@ class Agent:
         #: subscribers every call's event bus gets (the metrics, a live
         #: viewer): each ``fn(event)``, sync or async, off the turn loop
         self.subscribers: list[Callable[[ev.Event], Any]] = []
-        #: the bridge's Prometheus metrics (made when they are served)
-        self.metrics: Any = None
         #: events slow subscribers lost on calls that have ended
         self.dropped_events = 0
-        #: the Redis Stream this bridge's events go to (with VOICEOS_REDIS_URL)
-        self.event_stream: Any = None
-        #: analysis jobs stored and not yet queued, as of the outbox's last pass
-        self.outbox_backlog: int | None = None
-        self._outbox_wakeup: asyncio.Event | None = None
 
     # events ----------------------------------------------------------------
     def on(self, event: str) -> Callable[[Handler], Handler]:
@@ -438,6 +428,7 @@ class Agent:
             call.ended_at = time.time()
             reason = getattr(media, "end_reason", None)
             call.end_reason = getattr(reason, "reason", "ended")
+            call.publish(ev.AudioEnded(call.id, call.end_reason))
             logger.info(
                 log.kv(
                     event="call_ended",
@@ -565,23 +556,8 @@ class Agent:
                 where = f"nowhere ({io_exc}); record follows: {json.dumps(record)}"
             logger.error(log.kv(event="record_store_failed", error=repr(exc), saved_to=where))
             return
-        if self._outbox_wakeup is not None:
-            self._outbox_wakeup.set()
-
-    async def _run_outbox(self) -> None:
-        """Hand stored analysis jobs to the queue; keep them while it is down."""
-        from .jobs.outbox import Outbox
-
-        assert self._outbox_wakeup is not None
-        outbox = Outbox(self.store, self.settings)
-        while True:
-            await outbox.flush()
-            self.outbox_backlog = await asyncio.to_thread(self.store.pending_count)
-            try:
-                await asyncio.wait_for(self._outbox_wakeup.wait(), outbox.retry_s)
-            except TimeoutError:
-                pass
-            self._outbox_wakeup.clear()
+        if self.runtime is not None:
+            self.runtime.record_written()
 
     async def _builtin_dtmf(
         self, call: Call, digit: str, speaking: asyncio.Task[Any] | None
@@ -635,166 +611,45 @@ class Agent:
         control: bool = True,
     ) -> None:
         """Serve calls until ``stop`` is set (or forever). ``control=False``
-        runs without AMI (no transfers or PBX-side recording)."""
-        from .audio.pacer import FrameClock
-        from .audio.recorder import WavRecorder
-        from .transports.audiosocket import AudioSocketServer
+        runs without AMI (no transfers or PBX-side recording). The runtime
+        (``self.runtime``) owns the frame clock, the transports and servers."""
+        from .runtime import Runtime
 
-        s = self.settings
-        host, port = split_hostport(s.audiosocket)
-        if not is_loopback(host) and not s.allow_remote_audiosocket:
-            raise ConfigurationError(
-                f"refusing to listen on {host}: AudioSocket has no authentication. Set "
-                "VOICEOS_ALLOW_REMOTE_AUDIOSOCKET=true and firewall the port to your PBX."
-            )
-        secret = s.resolved_ami_secret() if control else None
-        if secret:
-            self.control = AMIController(s.ami_host, s.ami_port, s.ami_username, secret)
-            self.control.start()
-        elif control:
-            logger.warning(
-                log.kv(
-                    event="no_call_control",
-                    hint="set VOICEOS_AMI_SECRET to enable transfers and recording",
-                )
-            )
-        rec_dir = s.resolved_recordings_dir
-        recorder = WavRecorder(rec_dir) if rec_dir is not None else None
-        clock = FrameClock()  # one 20 ms tick for every call, whichever PBX it came from
-        server = AudioSocketServer(
-            self.handle_call,
-            clock=clock,
-            max_calls=s.max_calls,
-            handshake_timeout=s.handshake_timeout_s,
-            max_frame_bytes=s.max_frame_bytes,
-            lead_frames=s.pacer_lead_frames,
-            max_send_buffer_ms=s.max_send_buffer_ms,
-            recorder=recorder,
-            rate_hint=self._rate_hint,
-        )
-        self.server = server
-        await server.start(host, port)
-        self.stream_server: Any = None
-        outbox: asyncio.Task[None] | None = None
-        self.metrics_server: Any = None
-        self.dashboard: Any = None
-        stream: Any = None
-        tracing: Any = None
-        tracer_provider: Any = None
-        try:
-            if s.redis_url and s.event_stream:
-                from .eventstream import EventStream
+        self.runtime = Runtime(self)
+        await self.runtime.run(ready=ready, stop=stop, control=control)
 
-                stream = self.event_stream = EventStream(s.redis_url, bridge=s.bridge_name)
-                self.subscribers.append(stream.publish)
-            if s.metrics:
-                self.metrics_server = await self._serve_metrics(clock)
-            if s.dashboard:
-                self.dashboard = await self._serve_dashboard()
-            if s.otel:
-                from .tracing import Tracing, exporting_provider
+    # what the runtime serves, read through it (None before it runs) ---------------
+    @property
+    def control(self) -> AMIController | None:
+        return self.runtime.control if self.runtime is not None else None
 
-                tracer_provider = exporting_provider()
-                tracing = Tracing(tracer_provider)
-                self.subscribers.append(tracing.observe)
-            await asyncio.to_thread(lambda: self.store)  # migrate before the first call ends
-            if s.redis_url:
-                self._outbox_wakeup = asyncio.Event()
-                outbox = asyncio.create_task(self._run_outbox(), name="outbox")
-            if s.freeswitch_stream:
-                self.stream_server = await self._start_freeswitch(recorder, clock)
-            # listening already: a call that comes while the models load is
-            # held (its audio queued) and answered once they are ready
-            await self.load_models()
-            # what is loaded by now lives as long as the bridge: the cyclic
-            # collector need not scan it again (a full collection over the
-            # models' and libraries' objects stalls the loop for 30 ms and
-            # more, and retained events make full collections come often)
-            gc.freeze()
-            if ready is not None:
-                ready.set()
-            await (stop.wait() if stop is not None else asyncio.Event().wait())
-        finally:
-            gc.unfreeze()  # the objects can be freed again at shutdown
-            await server.close()
-            if self.metrics_server is not None:
-                self.metrics_server.close()
-            if self.dashboard is not None:
-                self.subscribers.remove(self.dashboard.feed.publish)
-                await self.dashboard.feed.close()  # open event streams end
-                await self.dashboard.close()
-            if stream is not None:
-                self.subscribers.remove(stream.publish)
-                await stream.close()
-            if tracing is not None:
-                self.subscribers.remove(tracing.observe)
-                flush = getattr(tracer_provider, "force_flush", None)
-                if flush is not None:
-                    await asyncio.to_thread(flush, 5000)
-            if outbox is not None:
-                await asyncio.sleep(0)  # let a record written just now reach the queue
-                outbox.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await outbox
-            if self.stream_server is not None:
-                await self.stream_server.close()
-            if self.control is not None:
-                await self.control.close()
-            if self.esl is not None:
-                await self.esl.close()
+    @property
+    def esl(self) -> ESLController | None:
+        return self.runtime.esl if self.runtime is not None else None
 
-    async def _serve_metrics(self, clock: Any) -> Any:
-        """Prometheus ``/metrics`` at ``VOICEOS_METRICS`` (loopback, or with a token)."""
-        from .metrics import Metrics, serve_metrics
+    @property
+    def server(self) -> Any:
+        return self.runtime.server if self.runtime is not None else None
 
-        s = self.settings
-        assert s.metrics is not None
-        host, port = split_hostport(s.metrics)
-        token = s.metrics_token.get_secret_value() if s.metrics_token else None
-        if not is_loopback(host) and not token:
-            raise ConfigurationError(
-                f"refusing to serve metrics on {host} without a token: set "
-                "VOICEOS_METRICS_TOKEN (scrapers send it as a bearer token), or listen on "
-                "127.0.0.1"
-            )
-        if self.metrics is None:
-            self.metrics = Metrics()
-            self.subscribers.append(self.metrics.observe)
-        metrics = self.metrics
+    @property
+    def stream_server(self) -> Any:
+        return self.runtime.stream_server if self.runtime is not None else None
 
-        def sample() -> None:
-            dropped = sum(
-                sub.dropped for call in self.calls.values() for sub in call.bus.subscriptions
-            )
-            metrics.sample(clock, self.dropped_events + dropped, self.outbox_backlog)
+    @property
+    def metrics_server(self) -> Any:
+        return self.runtime.metrics_server if self.runtime is not None else None
 
-        return await serve_metrics(metrics, host, port, token, sample)
+    @property
+    def metrics(self) -> Any:
+        return self.runtime.metrics if self.runtime is not None else None
 
-    async def _serve_dashboard(self) -> Any:
-        """The live dashboard of this bridge's calls at ``VOICEOS_DASHBOARD``."""
-        from .dashboard import announce, resolve_token, start_server
-        from .dashboard.app import create_app
-        from .dashboard.feed import LiveFeed
+    @property
+    def dashboard(self) -> Any:
+        return self.runtime.dashboard if self.runtime is not None else None
 
-        s = self.settings
-        assert s.dashboard is not None
-        host, _ = split_hostport(s.dashboard)
-        token, generated = resolve_token(s, host)
-        feed = LiveFeed()
-        app = create_app(
-            lambda: self.store,
-            feed,
-            token,
-            variants=[v.name for v in self.variants],
-            secure_cookie=s.dashboard_secure_cookie,
-            live=self.live_calls,
-        )
-        server = await start_server(app, s.dashboard)
-        server.feed = feed
-        self.subscribers.append(feed.publish)
-        announce(host, server.port, token, generated)
-        logger.info(log.kv(event="dashboard_serving", host=host, port=server.port))
-        return server
+    @property
+    def event_stream(self) -> Any:
+        return self.runtime.event_stream if self.runtime is not None else None
 
     def live_calls(self) -> list[dict[str, Any]]:
         """The calls in progress, as the dashboard lists them."""
@@ -812,72 +667,8 @@ class Agent:
             for c in list(self.calls.values())
         ]
 
-    async def _start_freeswitch(self, recorder: Any, clock: Any) -> Any:
-        """The mod_audio_stream WebSocket server, and ESL control if configured."""
-        from .transports.audiostream import AudioStreamServer
-
-        s = self.settings
-        assert s.freeswitch_stream is not None
-        host, port = split_hostport(s.freeswitch_stream)
-        if not is_loopback(host) and not s.allow_remote_stream:
-            raise ConfigurationError(
-                f"refusing to listen on {host}: set VOICEOS_ALLOW_REMOTE_STREAM=true to accept "
-                "FreeSWITCH streams from the network (they are token-authenticated)"
-            )
-        token = s.stream_token.get_secret_value() if s.stream_token else ""
-        if len(token) < 16:
-            raise ConfigurationError(
-                "VOICEOS_STREAM_TOKEN must be set (16 characters or more) to accept FreeSWITCH "
-                "streams; put the same token in the stream URL of the FreeSWITCH dialplan"
-            )
-        if s.esl_outbound:
-            out_host, _ = split_hostport(s.esl_outbound)
-            if not is_loopback(out_host):
-                raise ConfigurationError(
-                    f"refusing to listen on {out_host} for outbound event sockets (they carry "
-                    "no authentication): keep VOICEOS_ESL_OUTBOUND on loopback"
-                )
-        if s.esl_password is not None or s.esl_outbound:
-            password = s.esl_password.get_secret_value() if s.esl_password else None
-            self.esl = ESLController(s.esl_host, s.esl_port, password)
-            self.esl.start()
-        elif s.stream_playback == "files":
-            raise ConfigurationError(
-                "stream_playback='files' plays agent audio over the Event Socket: set "
-                "VOICEOS_ESL_PASSWORD or VOICEOS_ESL_OUTBOUND (or use a module that plays "
-                "streamAudio itself: VOICEOS_STREAM_PLAYBACK=inject)"
-            )
-        stream = AudioStreamServer(
-            self.handle_call,
-            token,
-            clock=clock,
-            control=self.esl,
-            playback=s.stream_playback,
-            chunk_ms=s.stream_chunk_ms,
-            max_calls=s.max_calls,
-            handshake_timeout=s.handshake_timeout_s,
-            max_frame_bytes=s.max_frame_bytes,
-            recorder=recorder,
-            watchdog_s=s.freeswitch_watchdog_s,
-        )
-        await stream.start(host, port)
-        if s.esl_outbound and self.esl is not None:
-            await self.esl.serve_outbound(*split_hostport(s.esl_outbound), stream.url)
-        return stream
-
-    def _rate_hint(self, call_id: str) -> int | None:
-        info = self.control.channels.get(call_id) if self.control is not None else None
-        return info.rate if info is not None else None
-
     def serve(self) -> None:
         """Run the bridge in the foreground until Ctrl-C or SIGTERM."""
-        log.setup(self.settings.log_level)
+        from .runtime import serve
 
-        async def main() -> None:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await self.run(stop=stop)
-
-        asyncio.run(main())
+        serve(self)

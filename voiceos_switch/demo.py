@@ -346,7 +346,7 @@ async def call_demo_agent(script: list[Step], voice: str = "espeak") -> tuple[Ca
     ready, stop = asyncio.Event(), asyncio.Event()
     server_task = asyncio.create_task(agent.run(ready=ready, stop=stop, control=False))
     await asyncio.wait_for(ready.wait(), 180)
-    port = agent.server.address[1]  # type: ignore[index]
+    port = agent.server.address[1]
     try:
         result = await run_caller(port, script)
         for _ in range(100):

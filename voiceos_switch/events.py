@@ -54,6 +54,15 @@ class CallStarted(Event):
 
 
 @dataclass(frozen=True)
+class AudioEnded(Event):
+    """The call's audio stopped (``reason``: who ended it). Its record is
+    written next; ``call_ended`` follows once it is on disk."""
+
+    reason: str
+    kind: ClassVar[str] = "media_ended"
+
+
+@dataclass(frozen=True)
 class CallEnded(Event):
     reason: str
     duration_s: float

@@ -9,6 +9,7 @@ counted and logged, instead of growing without bound).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -62,14 +63,24 @@ def handler_subscriber(
     return deliver
 
 
+@functools.lru_cache(maxsize=1024)
+def _arity(handler: Handler) -> int | None:
+    """How many positional arguments ``handler`` takes (None: any number).
+    Read once per handler, not once per event."""
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return None
+    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
 def _fit(handler: Handler, args: tuple[Any, ...]) -> tuple[Any, ...]:
     """As many of the event's arguments as the handler takes: a handler for
     ``escalation_requested`` may take ``(call)`` or ``(call, source)``."""
     try:
-        params = inspect.signature(handler).parameters.values()
-    except (TypeError, ValueError):
-        return args
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return args
-    n = sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
-    return args[:n]
+        n = _arity(handler)
+    except TypeError:  # not hashable: read it each time
+        n = _arity.__wrapped__(handler)
+    return args if n is None else args[:n]

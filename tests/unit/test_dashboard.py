@@ -356,7 +356,7 @@ async def test_the_bridge_serves_its_own_calls_live(tmp_path: Path) -> None:
     assert any(r["id"] == call.id and r["variant"] == call.variant for r in seen_live)
     kinds = [e["kind"] for _, e in events if e["call_id"] == call.id]
     assert kinds[0] == "call_started" and kinds[-1] == "call_ended"
-    assert "transcript" in kinds and "turn_latency" in kinds
+    assert "transcript" in kinds and "caller_speech_started" in kinds
     stored = agent.store.get_call(call.id)
     assert stored is not None and stored["variant"] == call.variant
 

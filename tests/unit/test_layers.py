@@ -35,6 +35,9 @@ FORBIDDEN = [
     ("voiceos_switch.records", "voiceos_switch.dashboard"),
     ("voiceos_switch.variants", "voiceos_switch."),
     ("voiceos_switch.tracing", "voiceos_switch.agent"),
+    # the runtime serves the SDK's agent through an interface, never the SDK itself
+    ("voiceos_switch.runtime", "voiceos_switch.agent"),
+    ("voiceos_switch.runtime", "voiceos_switch.conversation"),
 ]
 
 

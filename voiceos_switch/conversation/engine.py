@@ -810,7 +810,7 @@ class Conversation:
                 reply.reading.scores[state],
                 reply.reading.confidence,
                 reply.turn,
-                0.0,
+                self.emotion.seconds_in() if self.emotion is not None else 0.0,
                 reply.text,
             )
             line = await line_of(self.triggers[state], self.call, emotion)

@@ -216,6 +216,10 @@ class EmotionReader:
                 out.append((state, True))
         return out
 
+    def seconds_in(self) -> float:
+        """Seconds since the reader started (the call's start): an emotion's ``at``."""
+        return round(self.now() - self.started, 2)
+
     def commit(self, reading: Reading) -> list[Emotion]:
         """Take ``reading`` into the call's record; the states it announces.
         A provisional reading (the caller still talking) counts only in a
@@ -223,7 +227,7 @@ class EmotionReader:
         self.last_entry = None
         if not reading.final and reading.duration_s < LONG_UTTERANCE_S:
             return []
-        at = self.now() - self.started
+        at = self.seconds_in()
         out = []
         for state, rising in self._crossings(reading):
             p = reading.scores[state]
