@@ -144,7 +144,7 @@ def overview(store: Store, limit: int = 500) -> dict[str, Any]:
             ]
             if bins
             else [],
-            "stages_p50_ms": {s: round(median(v)) for s, v in stages.items() if v},
+            "stages_p50_ms": {s: round(median(stages[s])) for s in STAGES if stages.get(s)},
         },
         "cost": {
             "minutes": round(minutes, 3),

@@ -213,8 +213,10 @@ async function refreshHome() {
       cost.by_day.map((d) => el("tr", {}, el("td", {}, d.day), el("td", {}, d.agent), el("td", {}, d.calls), el("td", {}, d.minutes), el("td", {}, money(d.cost_per_minute))))));
 
   const heat = overview.heatmap;
-  fill("heatmap", heat.readings.some((n) => n)
-    ? heatTable(heat.states, heat.readings.map((_, b) => `${b * heat.bucket_s}s`), heat.mean)
+  const upTo = heat.readings.reduce((last, n, b) => (n ? b + 1 : last), 0);  // no empty tail
+  fill("heatmap", upTo
+    ? heatTable(heat.states, heat.readings.slice(0, upTo).map((_, b) => `${b * heat.bucket_s}s`),
+        heat.mean.map((row) => row.slice(0, upTo)))
     : el("p", { class: "muted" }, "No reading yet."));
   fill("topics", overview.topics.length
     ? el("ul", {}, overview.topics.map((t) => el("li", {}, el("strong", {}, t.cluster), ` · ${t.calls} call(s) · ${t.keywords.join(", ")}`)))
