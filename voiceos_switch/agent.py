@@ -421,7 +421,7 @@ class Agent:
         conversation: Any = None
         try:
             if self.model is not None:
-                conversation = await self._converse(call, media)
+                conversation = await self._converse(call, media, variant)
             else:
                 await self._keypad(call, media)
         finally:
@@ -482,12 +482,11 @@ class Agent:
             )
         )
 
-    async def _converse(self, call: Call, media: CallMedia) -> Any:
+    async def _converse(self, call: Call, media: CallMedia, variant: Variant | None) -> Any:
         from .conversation.engine import Conversation, ConversationConfig
         from .tools import Tool
 
         await self.load_models()
-        variant = next((v for v in self.variants if v.name == call.variant), None)
         conversation = Conversation(
             call,
             media,

@@ -165,12 +165,18 @@ def calls_needed(a: Sequence[float], b: Sequence[float]) -> int | None:
 # --- the comparison -------------------------------------------------------------------
 
 
-def _measures(record: Mapping[str, Any], analyses: Mapping[str, Any]) -> dict[str, Any]:
-    answers = [
-        t["first_frame_sent"]
+def answers_ms(record: Mapping[str, Any]) -> list[float]:
+    """A stored call's answer latencies: each turn answered and not cut, from
+    the caller's last word to the agent's first frame (ms)."""
+    return [
+        float(t["first_frame_sent"])
         for t in record.get("latency", [])
         if t.get("first_frame_sent") is not None and not t.get("interrupted")
     ]
+
+
+def _measures(record: Mapping[str, Any], analyses: Mapping[str, Any]) -> dict[str, Any]:
+    answers = answers_ms(record)
     sentiment = (analyses.get("sentiment") or {}).get("result") or {}
     return {
         "duration_s": float(record.get("duration_s", 0.0)),

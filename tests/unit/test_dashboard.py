@@ -308,16 +308,14 @@ async def test_the_event_stream_over_http_replays_then_follows(store: Store) -> 
     feed.publish(ev.Transcript("c1", "caller", "hello", time.time()))
     server = await served(store, feed)
     try:
-        viewer = await Viewer(server.port, after="1").__aenter__()
-        kind, _, status = await viewer.next()
-        assert kind == "status" and status == {"source": "bridge", "problem": None}
-        next_event = viewer.next_event
-        first = await next_event()
-        assert first[0] == "2" and first[1]["text"] == "hello"  # from after the id it gave
-        feed.publish(ev.CallEnded("c1", "hangup", 3.0))
-        second = await next_event()
-        assert second[0] == "3" and second[1]["kind"] == "call_ended"
-        await viewer.__aexit__()
+        async with Viewer(server.port, after="1") as viewer:
+            kind, _, status = await viewer.next()
+            assert kind == "status" and status == {"source": "bridge", "problem": None}
+            first = await viewer.next_event()
+            assert first[0] == "2" and first[1]["text"] == "hello"  # after the id it gave
+            feed.publish(ev.CallEnded("c1", "hangup", 3.0))
+            second = await viewer.next_event()
+            assert second[0] == "3" and second[1]["kind"] == "call_ended"
     finally:
         await feed.close()
         await server.close()

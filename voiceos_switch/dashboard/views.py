@@ -37,9 +37,7 @@ def call_row(record: dict[str, Any], analyses: dict[str, Any]) -> dict[str, Any]
     """One call as the list shows it."""
     summary = _analysis(analyses, "summary")
     sentiment = _analysis(analyses, "sentiment")
-    answers = [
-        t["first_frame_sent"] for t in record.get("latency", []) if t.get("first_frame_sent")
-    ]
+    answers = ab.answers_ms(record)
     return {
         "id": record["id"],
         "pbx": record.get("pbx"),
@@ -110,14 +108,13 @@ def overview(store: Store, limit: int = 500) -> dict[str, Any]:
     keywords: dict[str, Counter[str]] = defaultdict(Counter)
     minutes = cost = 0.0
     for record, analyses in pairs:
+        answers += ab.answers_ms(record)
         for turn in record.get("latency", []):
             if turn.get("interrupted"):
                 continue
             for stage in STAGES:
                 if turn.get(stage) is not None:
                     stages[stage].append(float(turn[stage]))
-            if turn.get("first_frame_sent") is not None:
-                answers.append(float(turn["first_frame_sent"]))
         for reading in record.get("emotions", []):
             if not reading.get("final", True):
                 continue
