@@ -88,3 +88,37 @@ def envelope_find(haystack: bytes, needle: bytes, rate: int) -> tuple[float, flo
         if r > best:
             best, at = r, i
     return at * 0.01, best
+
+
+def utterances(pcm: bytes, rate: int, gap_s: float = 0.6) -> list[tuple[int, int]]:
+    """Byte ranges of the stretches of sound separated by gap_s of quiet."""
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    step = rate // 50
+    n = len(x) // step
+    loud = np.sqrt((x[: n * step].reshape(n, step) ** 2).mean(axis=1)) > 300
+    spans: list[tuple[int, int]] = []
+    start = last = None
+    for i, is_loud in enumerate(loud):
+        if is_loud:
+            if start is None or (last is not None and (i - last) * 0.02 > gap_s):
+                if start is not None and last is not None:
+                    spans.append((start, last + 1))
+                start = i
+            last = i
+    if start is not None and last is not None:
+        spans.append((start, last + 1))
+    return [(max(0, a - 10) * step * 2, min(n, b + 10) * step * 2) for a, b in spans]
+
+
+async def heard_words(pcm: bytes, rate: int) -> list[str]:
+    """What a listener makes of a recording: Whisper tiny.en over each
+    utterance, then over the whole (a long quiet stretch can end a decode
+    early), normalised words."""
+    from tests.textcheck import normalise
+    from voiceos_switch.providers.stt import WhisperSTT
+
+    stt = WhisperSTT()
+    words: list[str] = []
+    for start, end in utterances(pcm, rate):
+        words += normalise((await stt.transcribe(pcm[start:end], rate)).text)
+    return words + normalise((await stt.transcribe(pcm, rate)).text)

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +105,11 @@ class Page:
 
 
 @contextlib.asynccontextmanager
-async def chromium(width: int = 1400, height: int = 1800) -> AsyncIterator[Page]:
-    """A headless Chromium with one page, closed after the block."""
+async def chromium(
+    width: int = 1400, height: int = 1800, extra_args: Sequence[str] = ()
+) -> AsyncIterator[Page]:
+    """A headless Chromium with one page, closed after the block;
+    ``extra_args``: more command-line switches (a fake microphone, say)."""
     exe = chromium_path()
     assert exe is not None, "Chromium is not installed (scripts/setup installs it)"
     profile = Path(tempfile.mkdtemp(prefix="voiceos-chromium-"))
@@ -123,6 +126,7 @@ async def chromium(width: int = 1400, height: int = 1800) -> AsyncIterator[Page]
             f"--user-data-dir={profile}",
             "--remote-debugging-address=127.0.0.1",
             "--remote-debugging-port=0",
+            *extra_args,
             "about:blank",
         ],
         stdout=subprocess.DEVNULL,

@@ -91,6 +91,8 @@ class Agent:
         if stt is not None:
             self.settings = self.settings.model_copy(update={"stt": stt})
         registry.check_stt_name(self.settings.stt)
+        if model is not None and self.settings.llm:
+            model = self.settings.llm
         self.model = model
         if model is not None:
             registry.check_llm_name(model)

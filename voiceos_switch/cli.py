@@ -454,7 +454,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     """Every bridge's calls: live from the Redis Stream, stored from the database."""
     import asyncio
 
-    from .dashboard import DEFAULT_LISTEN, announce, resolve_token, start_server
+    from .dashboard import DEFAULT_LISTEN, announce, phone_config, resolve_token, start_server
     from .dashboard.app import create_app
     from .dashboard.feed import LiveFeed, StreamFeed
     from .errors import ConfigurationError
@@ -465,6 +465,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     try:
         host, _ = split_hostport(listen)
         token, generated = resolve_token(settings, host)
+        phone = phone_config(settings)
     except (ValueError, ConfigurationError) as exc:
         return _fail(str(exc))
     url = settings.resolved_database_url
@@ -490,6 +491,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         token,
         secure_cookie=settings.dashboard_secure_cookie,
         variants=args.variants.split(",") if args.variants else (),
+        phone=phone,
     )
 
     async def run() -> None:
@@ -533,6 +535,83 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ]
     app.worker_main(argv)
     return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from .lab.local import LabError, LocalLab
+    from .pbx.asterisk import AsteriskError
+
+    lab = LocalLab(Settings())
+    try:
+        if args.action == "up":
+            state = lab.up(agent=args.agent)
+            secret = lab.secrets()
+            print(f"dashboard: {state['dashboard']}  (token: {secret['dashboard_token']})")
+            print("call the agent: voiceos-switch lab call  (or 'Call the agent' on the dashboard)")
+        elif args.action == "down":
+            lab.down()
+        elif args.action == "status":
+            return _lab_status(lab)
+        elif args.action == "call":
+            # the call's own AMI chatter is not for the person calling
+            logging.getLogger("voiceos_switch").setLevel(logging.WARNING)
+            return _lab_call(lab, args.question)
+        elif args.action == "build":
+            from .lab.images import prepare, write_env
+
+            project = Path(args.project).resolve()
+            prepare(project, Settings(), lambda m: print(f"[lab] {m}", file=sys.stderr, flush=True))
+            env_path = project / ".env"
+            write_env(env_path)
+            print(f"images' bases ready; secrets in {env_path}. Next: docker compose up -d --build")
+    except (LabError, AsteriskError) as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def _lab_status(lab: object) -> int:
+    from .lab.local import LocalLab
+
+    assert isinstance(lab, LocalLab)
+    statuses = lab.status()
+    if not statuses:
+        print("the lab is not up (voiceos-switch lab up)")
+        return 3
+    for st in statuses:
+        pid = f"pid {st.pid}" if st.pid else ""
+        print(
+            f"{st.name:<10} {st.state.upper() if st.state == 'dead' else st.state:<8} "
+            f"{pid:<10} {st.where}"
+        )
+        if st.state == "dead":
+            print(f"{'':<10} died; last log line: {st.last_line.strip() or '-'}")
+            print(f"{'':<10} log: {st.log}")
+    return 0 if all(st.state == "running" for st in statuses) else 1
+
+
+def _lab_call(lab: object, question: str) -> int:
+    from .lab.local import LocalLab
+
+    assert isinstance(lab, LocalLab)
+    report = asyncio.run(lab.call(question))
+    if not report.answered:
+        return _fail(f"the demo call was not answered ({report.hangup_cause})")
+    print(
+        f"call {report.call_id or '?'}: answered, ended: {report.hangup_cause}; "
+        f"the caller heard {report.heard_s:.1f} s of the agent -> {report.heard}"
+    )
+    for turn in report.turns:
+        cut = "  [interrupted]" if turn.get("interrupted") else ""
+        print(f"  {turn['role']:>6}: {turn['text']}{cut}")
+    if report.dashboard_url:
+        print(f"on the dashboard: {report.dashboard_url}")
+    spoke = any(t["role"] == "agent" and t["text"] for t in report.turns)
+    if report.record is None:
+        return _fail(
+            "the call was answered but the bridge wrote no record of it; see the "
+            "bridge's log (voiceos-switch lab status)"
+        )
+    return 0 if spoke else _fail("the agent said nothing on the call")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -648,6 +727,31 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(func=cmd_worker)
+
+    lab = sub.add_parser(
+        "lab",
+        help="the whole system on this machine: Asterisk, bridge, Redis, worker, dashboard",
+    )
+    lab.add_argument(
+        "action",
+        choices=["up", "down", "status", "call", "build"],
+        help="up/down/status/call: as processes here; build: the docker-compose "
+        "lab's base images and its .env",
+    )
+    lab.add_argument(
+        "--agent",
+        default="voiceos_switch.demo:agent",
+        help="with up: the bridge's agent (default: the demo shop agent)",
+    )
+    lab.add_argument(
+        "--question",
+        default="Hi. What are your opening hours on Saturday?",
+        help="with call: what the caller asks",
+    )
+    lab.add_argument(
+        "--project", default=".", help="with build: the project folder (build context)"
+    )
+    lab.set_defaults(func=cmd_lab)
 
     ast = sub.add_parser("asterisk", help="the managed Asterisk 22 for tests and the lab")
     ast.add_argument("action", choices=["up", "down", "status", "cli", "config"])

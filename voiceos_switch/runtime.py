@@ -213,7 +213,7 @@ class Runtime:
 
     async def _serve_dashboard(self) -> Any:
         """The live dashboard of this bridge's calls at ``VOICEOS_DASHBOARD``."""
-        from .dashboard import announce, resolve_token, start_server
+        from .dashboard import announce, phone_config, resolve_token, start_server
         from .dashboard.app import create_app
         from .dashboard.feed import LiveFeed
 
@@ -229,6 +229,7 @@ class Runtime:
             variants=[v.name for v in self.agent.variants],
             secure_cookie=s.dashboard_secure_cookie,
             live=self.agent.live_calls,
+            phone=phone_config(s),
         )
         server = await start_server(app, s.dashboard)
         server.feed = feed

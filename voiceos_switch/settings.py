@@ -82,6 +82,19 @@ class Settings(BaseSettings):
         description="Mark the dashboard's session cookie Secure (set it when the dashboard "
         "is reached over HTTPS, through a proxy that terminates TLS).",
     )
+    webphone_password: SecretStr | None = Field(
+        None,
+        description="The browser phone's SIP password (the PBX's `webphone` endpoint); set, "
+        "the dashboard offers 'Call the agent' (the managed Asterisk makes one: "
+        "`voiceos-switch lab up` passes it on).",
+    )
+    webphone_user: str = Field("webphone", description="The browser phone's SIP user.")
+    webphone_ws: str | None = Field(
+        None,
+        description="The PBX's SIP-over-WebSocket address for the browser phone (default "
+        "ws://127.0.0.1:<asterisk_http_port>/ws).",
+    )
+    webphone_number: str = Field("100", description="The number the browser phone calls.")
     otel: bool = Field(
         False,
         description="Export OpenTelemetry traces of calls and turns (OTLP/HTTP; the "
@@ -180,8 +193,21 @@ class Settings(BaseSettings):
     #: (``voiceos-switch call --pbx freeswitch``)
     lab_freeswitch_sip_port: int = 5080
     human_extension: str = Field("operator", description="Default human handoff target.")
+    asterisk_http_port: int = Field(
+        8088,
+        description="The managed Asterisk's HTTP server on loopback: the browser phone's "
+        "SIP over WebSocket (ws://127.0.0.1:PORT/ws).",
+    )
+    lab_redis_port: int = Field(6379, description="`voiceos-switch lab`: its redis-server.")
+    lab_dashboard_port: int = Field(8089, description="`voiceos-switch lab`: its dashboard.")
+    lab_metrics_port: int = Field(9464, description="`voiceos-switch lab`: the bridge's /metrics.")
 
     # Conversation providers ---------------------------------------------
+    llm: str | None = Field(
+        None,
+        description="Replaces a conversational Agent's model, as deployed: e.g. "
+        "'openai:smollm2,local' to use an LLM server with the embedded model behind it.",
+    )
     llm_base_url: str | None = Field(
         None, description="Base URL of an OpenAI-compatible server, for model='openai:<name>'."
     )

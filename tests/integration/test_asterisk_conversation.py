@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from tests.audiocheck import utterances
 from tests.textcheck import normalise
 from voiceos_switch.demo import demo_agent
 from voiceos_switch.pbx.asterisk import AsteriskSandbox
@@ -65,23 +65,3 @@ async def test_question_answered_with_a_tool_through_asterisk(
         # a long quiet stretch can end Whisper's decode early: try the whole call
         words += normalise((await stt.transcribe(heard, rate)).text)
     assert has_facts(words), " ".join(words)
-
-
-def utterances(pcm: bytes, rate: int, gap_s: float = 0.6) -> list[tuple[int, int]]:
-    """Byte ranges of the stretches of sound separated by gap_s of quiet."""
-    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    step = rate // 50
-    n = len(x) // step
-    loud = np.sqrt((x[: n * step].reshape(n, step) ** 2).mean(axis=1)) > 300
-    spans: list[tuple[int, int]] = []
-    start = last = None
-    for i, is_loud in enumerate(loud):
-        if is_loud:
-            if start is None or (last is not None and (i - last) * 0.02 > gap_s):
-                if start is not None and last is not None:
-                    spans.append((start, last + 1))
-                start = i
-            last = i
-    if start is not None and last is not None:
-        spans.append((start, last + 1))
-    return [(max(0, a - 10) * step * 2, min(n, b + 10) * step * 2) for a, b in spans]

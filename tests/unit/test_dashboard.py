@@ -25,7 +25,7 @@ from tests.unit.test_records import record as stored_record
 from voiceos_switch import Agent, Call, Variant
 from voiceos_switch import events as ev
 from voiceos_switch import variants as ab
-from voiceos_switch.dashboard import resolve_token, start_server
+from voiceos_switch.dashboard import phone_config, resolve_token, start_server
 from voiceos_switch.dashboard.app import SESSION_S, Sessions, create_app
 from voiceos_switch.dashboard.feed import LiveFeed
 from voiceos_switch.errors import ConfigurationError
@@ -117,7 +117,10 @@ async def test_nothing_without_the_token(store: Store) -> None:
             "/api/variants",
             "/api/events",
             "/api/calls/call-001/audio/caller",
+            "/api/phone",
             "/static/app.js",
+            "/static/phone.js",
+            "/vendor/sip.js/index.js",
         ):
             status, _, body = await c.get(path)
             assert status == 401, path
@@ -403,3 +406,46 @@ def test_a_real_difference_is_called_real_and_a_small_one_is_not() -> None:
     # two calls are too few to say anything
     few = ab.compare([(record(1, "A"), {}), (record(2, "B"), {})], ["A", "B"])
     assert few["comparisons"][0]["tests"]["duration_s"]["says"].startswith("too few")
+
+
+async def test_the_browser_phone_gets_its_sip_account_only_when_signed_in(store: Store) -> None:
+    settings = Settings(
+        webphone_password=SecretStr("sip-secret-for-the-phone"), asterisk_http_port=8188
+    )
+    phone = phone_config(settings)
+    assert phone is not None and phone["ws"] == "ws://127.0.0.1:8188/ws"
+    server = await served(store, phone=phone)
+    try:
+        c = Client(f"http://127.0.0.1:{server.port}")
+        status, _, body = await c.get("/api/phone")
+        assert status == 401 and b"sip-secret" not in body
+        await c.login(TOKEN)
+        status, headers, _ = await c.get("/")
+        # the page may open the PBX's WebSocket, and nothing else beyond itself
+        assert "connect-src 'self' ws://127.0.0.1:8188;" in headers["content-security-policy"]
+        got = json.loads((await c.get("/api/phone"))[2])
+        assert got == {
+            "enabled": True,
+            "ws": "ws://127.0.0.1:8188/ws",
+            "user": "webphone",
+            "password": "sip-secret-for-the-phone",
+            "domain": "127.0.0.1",
+            "number": "100",
+        }
+        status, headers, body = await c.get("/vendor/sip.js/index.js")
+        assert status == 200 and "javascript" in headers["content-type"] and b"export" in body
+    finally:
+        await server.close()
+
+    # without an account the phone says what to set, and the page opens no socket
+    server = await served(store)
+    try:
+        c = Client(f"http://127.0.0.1:{server.port}")
+        await c.login(TOKEN)
+        got = json.loads((await c.get("/api/phone"))[2])
+        assert got["enabled"] is False and "VOICEOS_WEBPHONE_PASSWORD" in got["reason"]
+        assert "connect-src 'self';" in (await c.get("/"))[1]["content-security-policy"]
+    finally:
+        await server.close()
+    with pytest.raises(ConfigurationError, match="ws:// or wss://"):
+        phone_config(settings.model_copy(update={"webphone_ws": "http://pbx/ws"}))

@@ -38,6 +38,13 @@ FORBIDDEN = [
     # the runtime serves the SDK's agent through an interface, never the SDK itself
     ("voiceos_switch.runtime", "voiceos_switch.agent"),
     ("voiceos_switch.runtime", "voiceos_switch.conversation"),
+    # the lab drives the system from outside, as a person would: only the CLI imports it
+    ("voiceos_switch.lab", "voiceos_switch.agent"),
+    ("voiceos_switch.lab", "voiceos_switch.runtime"),
+    ("voiceos_switch.agent", "voiceos_switch.lab"),
+    ("voiceos_switch.runtime", "voiceos_switch.lab"),
+    ("voiceos_switch.dashboard", "voiceos_switch.lab"),
+    ("voiceos_switch.pbx", "voiceos_switch.lab"),
 ]
 
 

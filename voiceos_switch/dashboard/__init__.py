@@ -53,6 +53,28 @@ def announce(host: str, port: int, token: str, generated: bool) -> None:
         )
 
 
+def phone_config(settings: Settings) -> dict[str, str] | None:
+    """What the browser phone needs to call the agent through the PBX, or None
+    when no SIP password for it is configured."""
+    if settings.webphone_password is None:
+        return None
+    from urllib.parse import urlsplit
+
+    ws = settings.webphone_ws or f"ws://127.0.0.1:{settings.asterisk_http_port}/ws"
+    parts = urlsplit(ws)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConfigurationError(f"VOICEOS_WEBPHONE_WS={ws!r}: a ws:// or wss:// address")
+    domain = parts.hostname
+    return {
+        "ws": ws,
+        "origin": f"{parts.scheme}://{parts.netloc}",
+        "user": settings.webphone_user,
+        "password": settings.webphone_password.get_secret_value(),
+        "domain": domain,
+        "number": settings.webphone_number,
+    }
+
+
 class _QuietServer:
     """uvicorn, run as one task of a process that handles its own signals."""
 

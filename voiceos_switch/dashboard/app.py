@@ -39,6 +39,9 @@ from . import views
 logger = log.get(__name__)
 
 STATIC = Path(__file__).parent / "static"
+#: SIP.js for the browser phone, an npm package (pinned in phone/package.json;
+#: its ES modules load in the browser as they are, no build step)
+VENDOR = Path(__file__).parent / "phone" / "node_modules" / "sip.js" / "lib"
 COOKIE = "voiceos_dashboard"
 SESSION_S = 12 * 3600
 #: a viewer with nothing new gets a comment line this often (keeps proxies open)
@@ -89,12 +92,20 @@ def create_app(
     variants: Sequence[str] = (),
     secure_cookie: bool = False,
     live: Callable[[], list[dict[str, Any]]] | None = None,
+    phone: dict[str, str] | None = None,
 ) -> Starlette:
     """The dashboard over ``store`` (made on first use) and ``feed`` (a
     :class:`~.feed.LiveFeed` or :class:`~.feed.StreamFeed`). ``variants``:
     the agent's variant names (the first is the baseline). ``live``: the
-    calls in progress, where the dashboard runs inside the bridge."""
+    calls in progress, where the dashboard runs inside the bridge. ``phone``:
+    the browser phone's SIP account (:func:`~voiceos_switch.dashboard.phone_config`),
+    handed only to signed-in pages."""
     sessions = Sessions(token)
+    # the page may open the PBX's SIP WebSocket and play what it recorded
+    csp = (
+        "default-src 'self'; media-src 'self' blob:; style-src 'self'; script-src 'self'; "
+        f"connect-src 'self'{' ' + phone['origin'] if phone else ''}; frame-ancestors 'none'"
+    )
     made: list[Store] = []
 
     def the_store() -> Store:
@@ -136,8 +147,10 @@ def create_app(
                 return response
             await asyncio.sleep(REFUSE_DELAY_S)
             logger.warning(log.kv(event="dashboard_token_refused", client=_client(request)))
-            return _page("login.html", status=401, message="That token is not this dashboard's.")
-        return _page("login.html")
+            return _page(
+                "login.html", csp, status=401, message="That token is not this dashboard's."
+            )
+        return _page("login.html", csp)
 
     async def logout(request: Request) -> Response:
         response = RedirectResponse("/login", status_code=303)
@@ -145,7 +158,28 @@ def create_app(
         return response
 
     async def index(request: Request) -> Response:
-        return (await guard(request)) or _page("index.html")
+        return (await guard(request)) or _page("index.html", csp)
+
+    async def api_phone(request: Request) -> Response:
+        if (refused := await guard(request)) is not None:
+            return refused
+        if phone is None:
+            return JSONResponse(
+                {
+                    "enabled": False,
+                    "reason": "no SIP account for the browser phone "
+                    "(set VOICEOS_WEBPHONE_PASSWORD, or run `voiceos-switch lab up`)",
+                }
+            )
+        if not (VENDOR / "index.js").exists():
+            return JSONResponse(
+                {
+                    "enabled": False,
+                    "reason": "SIP.js is not installed: run scripts/setup "
+                    f"(or npm ci --prefix {VENDOR.parents[2]})",
+                }
+            )
+        return JSONResponse({"enabled": True, **{k: v for k, v in phone.items() if k != "origin"}})
 
     async def api_calls(request: Request) -> Response:
         if (refused := await guard(request)) is not None:
@@ -225,6 +259,14 @@ def create_app(
         await static(scope, receive, send)
 
     static = StaticFiles(directory=STATIC)
+    vendor = StaticFiles(directory=VENDOR, check_dir=False)
+
+    async def vendor_guard(scope: Any, receive: Any, send: Any) -> None:
+        if not signed_in(Request(scope, receive)):
+            await JSONResponse({"error": "sign in first"}, status_code=401)(scope, receive, send)
+            return
+        await vendor(scope, receive, send)
+
     app = Starlette(
         routes=[
             Route("/", index),
@@ -236,13 +278,15 @@ def create_app(
             Route("/api/overview", api_overview),
             Route("/api/variants", api_variants),
             Route("/api/events", api_events),
+            Route("/api/phone", api_phone),
             Mount("/static", app=static_guard),
+            Mount("/vendor/sip.js", app=vendor_guard),
         ]
     )
     return app
 
 
-def _page(name: str, status: int = 200, message: str = "") -> Response:
+def _page(name: str, csp: str, status: int = 200, message: str = "") -> Response:
     html = (STATIC / name).read_text()
     html = html.replace("{{message}}", message)
     return Response(
@@ -251,8 +295,7 @@ def _page(name: str, status: int = 200, message: str = "") -> Response:
         media_type="text/html",
         headers={
             "Cache-Control": "no-store",
-            "Content-Security-Policy": "default-src 'self'; media-src 'self'; "
-            "style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+            "Content-Security-Policy": csp,
             "X-Content-Type-Options": "nosniff",
         },
     )

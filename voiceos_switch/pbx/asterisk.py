@@ -181,7 +181,17 @@ class AsteriskSandbox:
         configured = self.settings.ami_secret
         if configured is not None:
             return configured.get_secret_value()
-        path = self.base / "ami-secret"
+        return self._secret_file("ami-secret")
+
+    def webphone_password(self) -> str:
+        """The browser phone's SIP password: from settings, or made once."""
+        configured = self.settings.webphone_password
+        if configured is not None:
+            return configured.get_secret_value()
+        return self._secret_file("webphone-secret")
+
+    def _secret_file(self, name: str) -> str:
+        path = self.base / name
         if path.exists():
             return path.read_text().strip()
         secret = secrets.token_urlsafe(24)
@@ -203,6 +213,9 @@ class AsteriskSandbox:
             "carrier_port": str(s.carrier_sim_port),
             "freeswitch_sip_port": str(s.lab_freeswitch_sip_port),
             "human_extension": s.human_extension,
+            "http_port": str(s.asterisk_http_port),
+            "webphone_user": s.webphone_user,
+            "webphone_password": self.webphone_password(),
             "rtp_start": "20000",
             "rtp_end": "20999",
         }
@@ -288,6 +301,7 @@ class AsteriskSandbox:
             (socket.SOCK_DGRAM, s.sip_port, "SIP"),
             (socket.SOCK_DGRAM, s.carrier_sim_port, "lab carrier SIP"),
             (socket.SOCK_STREAM, s.ami_port, "AMI"),
+            (socket.SOCK_STREAM, s.asterisk_http_port, "HTTP/WebSocket"),
         ]
         for kind, port, what in checks:
             with socket.socket(socket.AF_INET, kind) as sock:
@@ -298,7 +312,8 @@ class AsteriskSandbox:
                 except OSError:
                     raise AsteriskError(
                         f"127.0.0.1:{port} ({what}) is in use: is another Asterisk running? "
-                        "Stop it, or set VOICEOS_SIP_PORT / VOICEOS_AMI_PORT"
+                        "Stop it, or set VOICEOS_SIP_PORT / VOICEOS_AMI_PORT / "
+                        "VOICEOS_ASTERISK_HTTP_PORT"
                     ) from None
 
     def _start(self) -> None:

@@ -94,19 +94,37 @@ async def place_call(
     caller_id: str = "15550100",
     timeout: float = 120.0,
     pbx: str = "asterisk",
+    lab_dir: Path | None = None,
+    ami_secret: str | None = None,
+    answer_first: bool = False,
 ) -> LabCallResult:
     """Call ``to`` through the carrier trunk and wait until the call ends.
     ``pbx="freeswitch"``: the same carrier calls a FreeSWITCH's ``voiceos``
-    profile on this machine instead (``lab_freeswitch_sip_port``)."""
+    profile on this machine instead (``lab_freeswitch_sip_port``).
+
+    By default the managed Asterisk is called. An Asterisk elsewhere on this
+    machine (the lab's container) is called with ``lab_dir``, the host folder
+    it sees as ``/var/spool/voiceos``, and its ``ami_secret``.
+
+    ``answer_first``: the caller waits for the agent's greeting before it
+    plays ``play``, then for the agent's answer and a pause before it hangs
+    up, as a person would (each wait gives up after 60 s)."""
     if pbx not in ("asterisk", "freeswitch"):
         raise ValueError(f"pbx must be 'asterisk' or 'freeswitch', not {pbx!r}")
     trunk = "sim-carrier" if pbx == "asterisk" else "sim-carrier-fs"
     settings = settings or Settings()
-    sandbox = AsteriskSandbox(settings)
-    if not sandbox.running():
-        raise AsteriskError("Asterisk is not running; start it with `voiceos-switch asterisk up`")
+    if lab_dir is None:
+        sandbox = AsteriskSandbox(settings)
+        if not sandbox.running():
+            raise AsteriskError(
+                "Asterisk is not running; start it with `voiceos-switch asterisk up`"
+            )
+        lab_dir = sandbox.lab_dir
+        ami_secret = ami_secret or sandbox.ami_secret()
+    elif ami_secret is None:
+        raise ValueError("calling an Asterisk by its lab folder needs its AMI secret")
     tag = uuid.uuid4().hex[:12]
-    host_dir = sandbox.lab_dir / tag
+    host_dir = lab_dir / tag
     host_dir.mkdir(parents=True)
     os.chmod(host_dir, 0o777)
     inside_dir = f"{LAB_DIR}/{tag}"
@@ -116,13 +134,18 @@ async def place_call(
             pcm, rate = read_wav_mono16(play)
             write_wav(host_dir / "play.wav", resample(pcm, rate, 8000), 8000)
             play_ref = f"{inside_dir}/play"
-        script = build_script(play_ref, dtmf, delay, hold, dtmf_delay=dtmf_delay)
+        if answer_first:
+            steps = ["heard:400", "quiet:900"]
+            if play_ref:
+                steps.append(f"play:{play_ref}")
+            steps += ["heard:400", "quiet:2000", "hangup"]
+            script = "|".join(steps)
+        else:
+            script = build_script(play_ref, dtmf, delay, hold, dtmf_delay=dtmf_delay)
     if "," in script:
         raise ValueError("a caller script cannot contain commas")
 
-    ami = AMIController(
-        settings.ami_host, settings.ami_port, settings.ami_username, sandbox.ami_secret()
-    )
+    ami = AMIController(settings.ami_host, settings.ami_port, settings.ami_username, ami_secret)
     events: list[dict[str, str]] = []
     answered = asyncio.Event()
     finished = asyncio.Event()
@@ -151,7 +174,9 @@ async def place_call(
     started = time.monotonic()
     try:
         if not await ami.wait_ready(10):
-            raise AsteriskError("cannot log in to AMI of the managed Asterisk")
+            raise AsteriskError(
+                f"cannot log in to the Asterisk's AMI at {settings.ami_host}:{settings.ami_port}"
+            )
         await ami.action(
             {
                 "Action": "Originate",

@@ -65,7 +65,8 @@ function handle(e) {
   switch (e.kind) {
     case "call_started":
       Object.assign(c, { pbx: e.pbx, caller: e.caller, called: e.called, variant: e.variant, started_at: e.at, ended: false });
-      if (!selected) selected = c.id;
+      // the browser phone's own call is the one to watch
+      if (!selected || (window.voiceosPhone && window.voiceosPhone.owns(e.caller))) selected = c.id;
       break;
     case "partial_transcript": c.partial = e.text; break;
     case "transcript":
