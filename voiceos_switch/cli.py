@@ -555,15 +555,25 @@ def cmd_lab(args: argparse.Namespace) -> int:
         elif args.action == "call":
             # the call's own AMI chatter is not for the person calling
             logging.getLogger("voiceos_switch").setLevel(logging.WARNING)
-            return _lab_call(lab, args.question)
+            if args.compose:
+                return _compose_call(Path(args.project).resolve(), args.question)
+            return _lab_call(asyncio.run(lab.call(args.question)))
         elif args.action == "build":
-            from .lab.images import prepare, write_env
+            from .lab.images import LabImageError, prepare, write_env
 
             project = Path(args.project).resolve()
-            prepare(project, Settings(), lambda m: print(f"[lab] {m}", file=sys.stderr, flush=True))
-            env_path = project / ".env"
-            write_env(env_path)
-            print(f"images' bases ready; secrets in {env_path}. Next: docker compose up -d --build")
+            try:
+                prepare(
+                    project, Settings(), lambda m: print(f"[lab] {m}", file=sys.stderr, flush=True)
+                )
+                env_path = project / ".env"
+                write_env(env_path)
+            except LabImageError as exc:
+                return _fail(str(exc))
+            print(
+                f"the images' bases and wheels are ready; secrets in {env_path} (mode 600).\n"
+                "Next: docker-compose up -d --build   (or: docker compose up -d --build)"
+            )
     except (LabError, AsteriskError) as exc:
         return _fail(str(exc))
     return 0
@@ -589,11 +599,35 @@ def _lab_status(lab: object) -> int:
     return 0 if all(st.state == "running" for st in statuses) else 1
 
 
-def _lab_call(lab: object, question: str) -> int:
-    from .lab.local import LocalLab
+def _compose_call(project: Path, question: str) -> int:
+    """``lab call --compose``: the same demo call into the compose lab, with
+    the ports, AMI secret and data folder its ``.env`` names."""
+    from .lab.images import read_env
+    from .lab.local import demo_call
 
-    assert isinstance(lab, LocalLab)
-    report = asyncio.run(lab.call(question))
+    env = read_env(project / ".env")
+    if "VOICEOS_AMI_SECRET" not in env:
+        return _fail(f"{project / '.env'} has no AMI secret: run `voiceos-switch lab build` first")
+    data = Path(env.get("VOICEOS_LAB_DATA") or project / "build/lab/data")
+    if not data.is_absolute():
+        data = project / data
+    settings = Settings(ami_port=int(env.get("VOICEOS_AMI_PORT", "5038")))
+    dashboard = f"http://127.0.0.1:{env.get('VOICEOS_LAB_DASHBOARD_PORT', '8089')}/"
+    report = asyncio.run(
+        demo_call(
+            question,
+            settings,
+            keep=data / "calls",
+            database_url=f"sqlite:///{data / 'calls.db'}",
+            dashboard=dashboard,
+            lab_dir=data / "spool",
+            ami_secret=env["VOICEOS_AMI_SECRET"],
+        )
+    )
+    return _lab_call(report)
+
+
+def _lab_call(report: Any) -> int:
     if not report.answered:
         return _fail(f"the demo call was not answered ({report.hangup_cause})")
     print(
@@ -749,7 +783,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with call: what the caller asks",
     )
     lab.add_argument(
-        "--project", default=".", help="with build: the project folder (build context)"
+        "--project",
+        default=".",
+        help="with build and call --compose: the project folder (build context, .env)",
+    )
+    lab.add_argument(
+        "--compose",
+        action="store_true",
+        help="with call: call the docker-compose lab (its .env says where) instead",
     )
     lab.set_defaults(func=cmd_lab)
 

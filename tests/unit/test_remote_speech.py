@@ -267,7 +267,8 @@ def _sse(obj: dict[str, object]) -> bytes:
 
 async def test_streamed_tool_call_deltas_are_assembled() -> None:
     """A server that streams a tool call the way OpenAI's API does: the id
-    and name first, the JSON arguments in fragments, two calls interleaved."""
+    and name first, the JSON arguments in fragments, two calls interleaved;
+    and the way llama.cpp's server does, naming the function in every chunk."""
     from voiceos_switch.providers.llm import OpenAICompatLLM, ToolCallRequest
     from voiceos_switch.tools import Tool
 
@@ -300,7 +301,8 @@ async def test_streamed_tool_call_deltas_are_assembled() -> None:
             yield delta(call(0, arguments='{"order_'))
             yield delta(call(1, name="store_hours", arguments='{"day": "sat'))
             yield delta(call(0, arguments='number": "427"}'))
-            yield delta(call(1, arguments='urday"}'))
+            # llama.cpp's server names the function again in every chunk
+            yield delta(call(1, name="store_hours", arguments='urday"}'))
             yield delta({}, "tool_calls")
             yield b"data: [DONE]\n\n"
 

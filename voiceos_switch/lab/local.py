@@ -495,56 +495,82 @@ class LocalLab:
     async def call(
         self, question: str = "Hi. What are your opening hours on Saturday?"
     ) -> CallReport:
-        """A demo call from the lab carrier: the caller waits for the greeting,
-        asks ``question``, waits for the answer and hangs up."""
-        from ..pbx.labcall import place_call, read_wav_mono16, write_wav
-        from ..providers.tts.piper import PiperTTS
-        from ..records.store import Store
-
+        """A demo call from the lab carrier (see :func:`demo_call`)."""
         state = self.state()
         if state is None:
             raise LabError("the lab is not up: run `voiceos-switch lab up`")
         down = [s.name for s in self.status() if s.state != "running"]
         if down:
             raise LabError(f"{', '.join(down)} not running: see `voiceos-switch lab status`")
-        calls = self.dir / "calls"
-        calls.mkdir(exist_ok=True)
-        question_wav = calls / "question.wav"
-        pcm = await PiperTTS(steady=True).synthesize(question, 8000)
-        write_wav(question_wav, pcm, 8000)
-        began = time.time()
-        result = await place_call(
-            "100", settings=self.settings, play=question_wav, answer_first=True
+        return await demo_call(
+            question,
+            self.settings,
+            keep=self.dir / "calls",
+            database_url=self.settings.resolved_database_url,
+            dashboard=state["dashboard"],
         )
-        heard_s = 0.0
-        if result.heard is not None:
-            heard_pcm, rate = read_wav_mono16(result.heard)
-            heard_s = len(heard_pcm) / 2 / rate
-            kept = calls / f"{result.tag}-heard.wav"
-            shutil.copyfile(result.heard, kept)
-        else:
-            kept = None
-        store = Store(self.settings.resolved_database_url)
-        record = None
-        try:
-            deadline = time.monotonic() + 30
-            while record is None and time.monotonic() < deadline:
-                for row in store.list_calls(5):
-                    if row["started_at"] >= began - 1 and row["caller"] == "15550100":
-                        record = store.get_call(row["id"])
-                        break
-                else:
-                    await asyncio.sleep(0.3)
-        finally:
-            store.close()
-        call_id = record["id"] if record else None
-        return CallReport(
-            call_id=call_id,
-            answered=result.answered,
-            heard_s=heard_s,
-            heard=kept,
-            record=record,
-            hangup_cause=result.hangup_cause,
-            dashboard_url=f"{state['dashboard']}#/call/{call_id}" if call_id else "",
-            turns=list(record["turns"]) if record else [],
-        )
+
+
+async def demo_call(
+    question: str,
+    settings: Settings,
+    *,
+    keep: Path,
+    database_url: str,
+    dashboard: str,
+    lab_dir: Path | None = None,
+    ami_secret: str | None = None,
+) -> CallReport:
+    """A call from the lab carrier to number 100: the caller waits for the
+    greeting, asks ``question`` (spoken by the piper voice), waits for the
+    answer and hangs up. What it heard is kept in ``keep``; the bridge's
+    record is read from ``database_url``. ``lab_dir``/``ami_secret``: an
+    Asterisk other than the managed one (the compose lab's)."""
+    from ..pbx.labcall import place_call, read_wav_mono16, write_wav
+    from ..providers.tts.piper import PiperTTS
+    from ..records.store import Store
+
+    os.makedirs(keep, exist_ok=True)
+    question_wav = keep / "question.wav"
+    pcm = await PiperTTS(steady=True).synthesize(question, 8000)
+    write_wav(question_wav, pcm, 8000)
+    began = time.time()
+    result = await place_call(
+        "100",
+        settings=settings,
+        play=question_wav,
+        answer_first=True,
+        lab_dir=lab_dir,
+        ami_secret=ami_secret,
+    )
+    heard_s = 0.0
+    kept = None
+    if result.heard is not None:
+        heard_pcm, rate = read_wav_mono16(result.heard)
+        heard_s = len(heard_pcm) / 2 / rate
+        kept = keep / f"{result.tag}-heard.wav"
+        shutil.copyfile(result.heard, kept)
+    store = Store(database_url)
+    record = None
+    try:
+        deadline = time.monotonic() + 30
+        while record is None and time.monotonic() < deadline:
+            for row in store.list_calls(5):
+                if row["started_at"] >= began - 1 and row["caller"] == "15550100":
+                    record = store.get_call(row["id"])
+                    break
+            else:
+                await asyncio.sleep(0.3)
+    finally:
+        store.close()
+    call_id = record["id"] if record else None
+    return CallReport(
+        call_id=call_id,
+        answered=result.answered,
+        heard_s=heard_s,
+        heard=kept,
+        record=record,
+        hangup_cause=result.hangup_cause,
+        dashboard_url=f"{dashboard}#/call/{call_id}" if call_id else "",
+        turns=list(record["turns"]) if record else [],
+    )

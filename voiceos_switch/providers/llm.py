@@ -565,7 +565,10 @@ class OpenAICompatLLM:
                     if tc.id:
                         slot["id"] = tc.id
                     if tc.function is not None:
-                        slot["name"] += tc.function.name or ""
+                        # OpenAI names the function in the first chunk only;
+                        # llama.cpp's server repeats it in every one
+                        if tc.function.name and tc.function.name != slot["name"]:
+                            slot["name"] += tc.function.name
                         slot["arguments"] += tc.function.arguments or ""
         except Exception as exc:
             raise LLMError(f"chat completion stream failed: {exc}") from exc
