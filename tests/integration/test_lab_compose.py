@@ -33,6 +33,7 @@ import pytest
 from tests.audiocheck import heard_words
 from tests.docker_engine import DockerEngine, ensure_dockerd
 from tests.textcheck import normalise
+from tests.webget import get
 from voiceos_switch.lab import images
 from voiceos_switch.lab.local import Port, holder
 from voiceos_switch.pbx.asterisk import LAB_DIR
@@ -183,17 +184,6 @@ class Lab:
 
     def port(self, name: str) -> int:
         return int(self.values[name])
-
-
-def get(url: str, token: str | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, b""
 
 
 def lab_ports(values: dict[str, str]) -> list[Port]:

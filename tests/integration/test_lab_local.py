@@ -14,14 +14,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.audiocheck import heard_words
+from tests.webget import get
 from voiceos_switch.lab.local import LocalLab, holder, lab_ports
 from voiceos_switch.pbx.asterisk import AsteriskSandbox
 from voiceos_switch.pbx.labcall import read_wav_mono16
@@ -75,17 +74,6 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def get(url: str, token: str | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, b""
 
 
 def test_lab_up_call_status_down(asterisk: AsteriskSandbox, lab_env: dict[str, str]) -> None:
