@@ -610,14 +610,17 @@ class Agent:
         ready: asyncio.Event | None = None,
         stop: asyncio.Event | None = None,
         control: bool = True,
+        drain: asyncio.Event | None = None,
     ) -> None:
         """Serve calls until ``stop`` is set (or forever). ``control=False``
-        runs without AMI (no transfers or PBX-side recording). The runtime
-        (``self.runtime``) owns the frame clock, the transports and servers."""
+        runs without AMI (no transfers or PBX-side recording). ``drain``:
+        when set, take no new call and stop once the calls in progress have
+        ended (``drain_timeout_s`` at most). The runtime (``self.runtime``)
+        owns the frame clock, the transports and servers."""
         from .runtime import Runtime
 
         self.runtime = Runtime(self)
-        await self.runtime.run(ready=ready, stop=stop, control=control)
+        await self.runtime.run(ready=ready, stop=stop, control=control, drain=drain)
 
     # what the runtime serves, read through it (None before it runs) ---------------
     @property
@@ -669,7 +672,7 @@ class Agent:
         ]
 
     def serve(self) -> None:
-        """Run the bridge in the foreground until Ctrl-C or SIGTERM."""
+        """Run the bridge in the foreground: SIGTERM drains it, Ctrl-C stops it."""
         from .runtime import serve
 
         serve(self)

@@ -66,6 +66,9 @@ class Runtime:
         #: analysis jobs stored and not yet queued, as of the outbox's last pass
         self.outbox_backlog: int | None = None
         self._outbox_wakeup: asyncio.Event | None = None
+        #: taking no new call, finishing the ones in progress (SIGTERM)
+        self.draining = False
+        self._cpu: Any = None
 
     def record_written(self) -> None:
         """A call's record is stored: the outbox may queue its analyses now."""
@@ -77,9 +80,12 @@ class Runtime:
         ready: asyncio.Event | None = None,
         stop: asyncio.Event | None = None,
         control: bool = True,
+        drain: asyncio.Event | None = None,
     ) -> None:
         """Serve calls until ``stop`` is set (or forever). ``control=False``
-        runs without AMI (no transfers or PBX-side recording)."""
+        runs without AMI (no transfers or PBX-side recording). ``drain``:
+        when set, take no new call, finish the ones in progress (for at most
+        ``drain_timeout_s``, or until ``stop``), then stop."""
         from .audio.pacer import FrameClock
         from .audio.recorder import WavRecorder
         from .transports.audiosocket import AudioSocketServer
@@ -119,6 +125,7 @@ class Runtime:
         self.server = server
         await server.start(host, port)
         outbox: asyncio.Task[None] | None = None
+        agent_check: asyncio.Server | None = None
         stream: Any = None
         tracing: Any = None
         tracer_provider: Any = None
@@ -130,6 +137,11 @@ class Runtime:
                 self.agent.subscribers.append(stream.publish)
             if s.metrics:
                 self.metrics_server = await self._serve_metrics(clock)
+            if s.agent_check:
+                from .loadcheck import serve_agent_check
+
+                check_host, check_port = split_hostport(s.agent_check)
+                agent_check = await serve_agent_check(check_host, check_port, self.load)
             if s.dashboard:
                 self.dashboard = await self._serve_dashboard()
             if s.otel:
@@ -154,9 +166,11 @@ class Runtime:
             gc.freeze()
             if ready is not None:
                 ready.set()
-            await (stop.wait() if stop is not None else asyncio.Event().wait())
+            await self._serve_until(stop or asyncio.Event(), drain)
         finally:
             gc.unfreeze()  # the objects can be freed again at shutdown
+            if agent_check is not None:
+                agent_check.close()
             await server.close()
             if self.metrics_server is not None:
                 self.metrics_server.close()
@@ -183,6 +197,50 @@ class Runtime:
                 await self.control.close()
             if self.esl is not None:
                 await self.esl.close()
+
+    def load(self) -> Any:
+        """Calls in progress against the limit, CPU, and whether draining."""
+        from .loadcheck import CpuMeter, Load
+
+        if self._cpu is None:
+            self._cpu = CpuMeter()
+        return Load(
+            active=len(self.agent.calls),
+            limit=self.settings.max_calls,
+            cpu_pct=self._cpu.read(),
+            draining=self.draining,
+        )
+
+    async def _serve_until(self, stop: asyncio.Event, drain: asyncio.Event | None) -> None:
+        waits = [asyncio.ensure_future(stop.wait())]
+        if drain is not None:
+            waits.append(asyncio.ensure_future(drain.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if stop.is_set():
+            return
+        # draining: the PBX's next connect is refused at once (its dialplan
+        # moves on to another bridge); the calls here finish as they would
+        self.draining = True
+        self.server.stop_accepting()
+        if self.stream_server is not None:
+            self.stream_server.stop_accepting()
+        limit = self.settings.drain_timeout_s
+        logger.info(log.kv(event="draining", active=len(self.agent.calls), timeout_s=limit))
+        deadline = asyncio.get_running_loop().time() + limit
+        while self.agent.calls and not stop.is_set():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                logger.warning(
+                    log.kv(event="drain_timeout", active=len(self.agent.calls), timeout_s=limit)
+                )
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(left, 0.2))
+        logger.info(log.kv(event="drained"))
 
     async def _serve_metrics(self, clock: Any) -> Any:
         """Prometheus ``/metrics`` at ``VOICEOS_METRICS`` (loopback, or with a token)."""
@@ -312,14 +370,23 @@ class Runtime:
 
 
 def serve(agent: Any) -> None:
-    """Run ``agent`` in the foreground until Ctrl-C or SIGTERM."""
+    """Run ``agent`` in the foreground: SIGTERM drains it (no new call, the
+    ones in progress finish, then it exits); Ctrl-C, or a second SIGTERM,
+    stops it at once."""
     log.setup(agent.settings.log_level)
 
     async def main() -> None:
-        stop = asyncio.Event()
+        stop, drain = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await agent.run(stop=stop)
+
+        def terminate() -> None:
+            # the first SIGTERM drains (a rolling restart); a second stops now
+            if drain.is_set():
+                stop.set()
+            drain.set()
+
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+        await agent.run(stop=stop, drain=drain)
 
     asyncio.run(main())

@@ -101,6 +101,17 @@ class Settings(BaseSettings):
         "standard OTEL_EXPORTER_OTLP_* variables say where).",
     )
     max_calls: int = Field(1000, ge=1, description="Concurrent calls accepted.")
+    drain_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        description="On SIGTERM the bridge drains: it takes no new call and finishes the ones "
+        "it has, for at most this long, then stops (a second SIGTERM, or Ctrl-C, stops it now).",
+    )
+    agent_check: str | None = Field(
+        None,
+        description="HOST:PORT where the bridge answers HAProxy's agent-check with its load: "
+        "'ready N%' (the share of its capacity free, by calls and CPU) or 'drain'.",
+    )
     handshake_timeout_s: float = Field(
         5.0, gt=0, description="A new connection must send its call id within this."
     )
@@ -193,6 +204,11 @@ class Settings(BaseSettings):
     #: (``voiceos-switch call --pbx freeswitch``)
     lab_freeswitch_sip_port: int = 5080
     human_extension: str = Field("operator", description="Default human handoff target.")
+    asterisk_bridges: str | None = Field(
+        None,
+        description="The bridges the managed Asterisk's dialplan tries in turn, "
+        "'host:port&host:port' (default: VOICEOS_AUDIOSOCKET alone).",
+    )
     asterisk_http_port: int = Field(
         8088,
         description="The managed Asterisk's HTTP server on loopback: the browser phone's "

@@ -357,7 +357,7 @@ async def bridge_process(tmp_path: Path) -> AsyncIterator[tuple[FreeSwitchStandi
         await standin.close()
 
 
-@pytest.mark.parametrize("how", ["killed", "stopped"])
+@pytest.mark.parametrize("how", ["killed", "stopped", "drained"])
 async def test_a_bridge_that_goes_away_mid_call_leaves_no_one_in_silence(
     tmp_path: Path, how: str
 ) -> None:
@@ -366,10 +366,16 @@ async def test_a_bridge_that_goes_away_mid_call_leaves_no_one_in_silence(
         await until(lambda: call.current is not None, 60, "the greeting never played")
         await asyncio.sleep(4.0)  # past the dialplan's first fallback: the bridge keeps it
         assert call.transferred_to is None
+        if how == "drained":
+            # SIGTERM drains: the call stays with the agent, past the fallback
+            # timer, until the bridge is stopped for good (Ctrl-C)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(4.0)
+            assert call.transferred_to is None and proc.returncode is None
         gone = time.monotonic()
-        proc.send_signal(signal.SIGKILL if how == "killed" else signal.SIGTERM)
+        proc.send_signal(signal.SIGKILL if how == "killed" else signal.SIGINT)
         await until(lambda: call.transferred_to is not None, FALLBACK_WITHIN_S, "left parked")
         took = time.monotonic() - gone
         assert call.routes == ["voiceos_fallback", "operator"]
-        if how == "stopped":
+        if how != "killed":
             assert took < 2.0, took  # handed back at once, not left to the timer

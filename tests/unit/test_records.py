@@ -241,3 +241,40 @@ async def test_outbox_keeps_jobs_while_redis_is_down(
     finally:
         await asyncio.to_thread(server.stop)
     await asyncio.sleep(0)
+
+
+async def test_bridges_sharing_a_store_queue_each_job_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first, second = Store(url), Store(url)
+    first.migrate()
+    for i in range(20):
+        (first if i % 2 else second).save_call(record(f"c{i}", ["hi"]), ("analyze",))
+    server = RedisServer()
+    await asyncio.to_thread(server.start)
+    try:
+        settings = Settings(redis_url=server.url)
+        a, b = Outbox(first, settings), Outbox(second, settings)
+        # both bridges' outboxes see all twenty pending jobs at once
+        sent = await asyncio.gather(a.flush(), b.flush(), a.flush(), b.flush())
+        assert sum(sent) == 20
+        import redis as redis_py
+
+        assert redis_py.Redis(port=server.port).llen("calls") == 20
+        assert first.pending_jobs() == [] and first.pending_count() == 0
+
+        # a bridge that claimed a job and died before sending it: once the
+        # claim is stale the job is pending again, and goes out once
+        second.save_call(record("late", ["hi"]), ("analyze",))
+        (job,) = second.pending_jobs()
+        assert second.claim_job(job["id"]) and not first.claim_job(job["id"])
+        assert first.pending_jobs() == []
+        monkeypatch.setattr("voiceos_switch.records.store.CLAIM_STALE_S", -1.0)
+        assert [j["call_id"] for j in first.pending_jobs()] == ["late"]
+        assert await a.flush() == 1
+        assert redis_py.Redis(port=server.port).llen("calls") == 21
+    finally:
+        await asyncio.to_thread(server.stop)
+        first.close()
+        second.close()

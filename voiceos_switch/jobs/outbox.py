@@ -1,9 +1,10 @@
 """The outbox: analysis jobs stored with the call, handed to Redis when it is up.
 
 A call's record and its job are written in one transaction at hangup; this
-loop (in the bridge) sends pending jobs to the ``calls`` queue and marks them
-enqueued. While Redis is down nothing is lost: the jobs stay pending, one log
-line says so, and they go out when Redis is back.
+loop (in the bridge) claims each pending job, sends it to the ``calls`` queue
+and marks it enqueued; many bridges on one store each send a job once. While
+Redis is down nothing is lost: the jobs stay pending, one log line says so,
+and they go out when Redis is back.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class Outbox:
         jobs = await asyncio.to_thread(self.store.pending_jobs)
         sent = 0
         for job in jobs:
+            # bridges that share a store all see its pending jobs: the one
+            # that claims a job sends it, so each is queued once
+            if not await asyncio.to_thread(self.store.claim_job, job["id"]):
+                continue
             try:
                 await asyncio.to_thread(self._send, job["call_id"])
             except Exception as exc:  # noqa: BLE001 - kombu raises many kinds for "down"

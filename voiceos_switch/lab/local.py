@@ -478,7 +478,9 @@ class LocalLab:
 
     def _stop(self, name: str, service: dict[str, Any]) -> None:
         pid = int(service["pid"])
-        for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        # the bridge stops at once on SIGINT (SIGTERM would drain its calls)
+        first = signal.SIGINT if name == "bridge" else signal.SIGTERM
+        for sig, wait in ((first, 15.0), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(pid, sig)
             except ProcessLookupError:
@@ -488,7 +490,7 @@ class LocalLab:
                 if not self._alive(service):
                     return
                 time.sleep(0.1)
-            if sig == signal.SIGTERM:
+            if sig != signal.SIGKILL:
                 self.say(f"{name} did not stop in {wait:.0f} s: killing it")
 
     # call --------------------------------------------------------------------

@@ -204,7 +204,7 @@ class AsteriskSandbox:
     def variables(self) -> dict[str, str]:
         s = self.settings
         return {
-            "bridge": s.audiosocket,
+            "bridge": s.asterisk_bridges or s.audiosocket,
             "ami_port": str(s.ami_port),
             "ami_username": s.ami_username,
             "ami_secret": self.ami_secret(),

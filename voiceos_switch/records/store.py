@@ -31,10 +31,12 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     create_engine,
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -64,7 +66,7 @@ jobs = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("call_id", String(64), nullable=False, index=True),
     Column("kind", String(32), nullable=False),
-    Column("state", String(16), nullable=False, index=True),  # pending, enqueued
+    Column("state", String(16), nullable=False, index=True),  # pending, sending, enqueued
     Column("attempts", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
     Column("enqueued_at", Float, nullable=True),
@@ -99,6 +101,18 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=FULL")  # a committed record survives power loss
     cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
+
+
+#: a job claimed for sending this long ago by a bridge that never said it
+#: was sent is pending again (that bridge died between the two)
+CLAIM_STALE_S = 60.0
+
+
+def _unsent() -> Any:
+    return or_(
+        jobs.c.state == "pending",
+        and_(jobs.c.state == "sending", jobs.c.enqueued_at < time.time() - CLAIM_STALE_S),
+    )
 
 
 class Store:
@@ -237,16 +251,31 @@ class Store:
 
     # the outbox ---------------------------------------------------------------------
     def pending_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Jobs not yet queued: pending ones, and any a bridge claimed and
+        did not finish sending (it died) more than ``CLAIM_STALE_S`` ago."""
         with self.tx() as conn:
             rows = conn.execute(
-                select(jobs).where(jobs.c.state == "pending").order_by(jobs.c.id).limit(limit)
+                select(jobs).where(_unsent()).order_by(jobs.c.id).limit(limit)
             ).all()
         return [dict(r._mapping) for r in rows]
+
+    def claim_job(self, job_id: int) -> bool:
+        """Take a job to send it: True for exactly one of the bridges that
+        share this store and try at once (a compare-and-set on its state)."""
+        with self.tx() as conn:
+            done = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, _unsent())
+                .values(state="sending", enqueued_at=time.time())
+            )
+        return bool(done.rowcount == 1)
 
     def pending_count(self) -> int:
         with self.tx() as conn:
             n = conn.execute(
-                select(func.count()).select_from(jobs).where(jobs.c.state == "pending")
+                select(func.count())
+                .select_from(jobs)
+                .where(jobs.c.state.in_(("pending", "sending")))
             ).scalar()
         return int(n or 0)
 
@@ -263,7 +292,7 @@ class Store:
             conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id)
-                .values(attempts=jobs.c.attempts + 1, last_error=error[:500])
+                .values(state="pending", attempts=jobs.c.attempts + 1, last_error=error[:500])
             )
 
     # analyses ------------------------------------------------------------------------

@@ -394,6 +394,13 @@ class AudioSocketServer:
     async def _run_call(self, call: AudioSocketCall) -> None:
         await run_agent(self.on_call, call)
 
+    def stop_accepting(self) -> None:
+        """Take no new connection (the PBX's connect is refused at once, so
+        its dialplan can try another bridge); the calls in progress go on."""
+        if self._server is not None and self._server.is_serving():
+            self._server.close()
+            logger.info(log.kv(event="audiosocket_not_accepting", active=len(self._tasks)))
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()

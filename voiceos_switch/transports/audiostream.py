@@ -651,6 +651,13 @@ class AudioStreamServer:
             if digit:
                 call._inbox.put(DtmfIn(digit))
 
+    def stop_accepting(self) -> None:
+        """Take no new stream (FreeSWITCH's connect fails and its dialplan
+        moves the caller on); the calls in progress go on."""
+        if self._server is not None and self._server.is_serving():
+            self._server.close(close_connections=False)
+            logger.info(log.kv(event="audiostream_not_accepting", active=len(self.calls)))
+
     async def close(self) -> None:
         """Stop serving. Live calls are handed back to FreeSWITCH's fallback
         (the humans) first, not left parked in silence."""
