@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import signal
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -27,6 +28,10 @@ from .media import CallMedia
 from .settings import Settings, is_loopback, split_hostport
 
 logger = log.get(__name__)
+
+
+#: how often records kept while the store was down are offered to it again
+UNSAVED_RETRY_S = 2.0
 
 
 class Served(Protocol):
@@ -125,6 +130,7 @@ class Runtime:
         self.server = server
         await server.start(host, port)
         outbox: asyncio.Task[None] | None = None
+        unsaved: asyncio.Task[None] | None = None
         agent_check: asyncio.Server | None = None
         stream: Any = None
         tracing: Any = None
@@ -151,6 +157,7 @@ class Runtime:
                 tracing = Tracing(tracer_provider)
                 self.agent.subscribers.append(tracing.observe)
             await asyncio.to_thread(lambda: self.agent.store)  # migrate before the first call ends
+            unsaved = asyncio.create_task(self._store_unsaved(), name="unsaved-records")
             if s.redis_url:
                 self._outbox_wakeup = asyncio.Event()
                 outbox = asyncio.create_task(self._run_outbox(), name="outbox")
@@ -186,6 +193,10 @@ class Runtime:
                 flush = getattr(tracer_provider, "force_flush", None)
                 if flush is not None:
                     await asyncio.to_thread(flush, 5000)
+            if unsaved is not None:
+                unsaved.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await unsaved
             if outbox is not None:
                 await asyncio.sleep(0)  # let a record written just now reach the queue
                 outbox.cancel()
@@ -352,6 +363,47 @@ class Runtime:
     def _rate_hint(self, call_id: str) -> int | None:
         info = self.control.channels.get(call_id) if self.control is not None else None
         return info.rate if info is not None else None
+
+    async def _store_unsaved(self) -> None:
+        """A record the store refused (the database was down) is kept as a
+        file in ``state_dir/records-unsaved``; it goes into the store, once,
+        when the store takes it again, and its analyses are queued then."""
+        from .jobs.kinds import ANALYZE
+
+        folder = self.settings.state_dir / "records-unsaved"
+        kinds = (ANALYZE,) if self.settings.redis_url else ()
+        waiting = False
+        while True:
+            await asyncio.sleep(UNSAVED_RETRY_S)
+            paths = await asyncio.to_thread(
+                lambda: sorted(folder.glob("*.json")) if folder.is_dir() else []
+            )
+            for path in paths:
+                try:
+                    record = json.loads(await asyncio.to_thread(path.read_text))
+                except (OSError, ValueError) as exc:
+                    bad = path.with_suffix(".unreadable")
+                    await asyncio.to_thread(path.rename, bad)
+                    logger.error(log.kv(event="record_unreadable", path=str(bad), error=str(exc)))
+                    continue
+                try:
+                    await asyncio.to_thread(self.agent.store.save_call, record, kinds)
+                except Exception as exc:  # noqa: BLE001 - any store fault: try again later
+                    if not waiting:
+                        logger.warning(
+                            log.kv(
+                                event="records_waiting_for_store",
+                                waiting=len(paths),
+                                folder=str(folder),
+                                error=str(exc).splitlines()[0] if str(exc) else repr(exc),
+                            )
+                        )
+                        waiting = True
+                    break
+                await asyncio.to_thread(path.unlink)
+                waiting = False
+                logger.info(log.kv(event="record_stored_late", call_id=record.get("id")))
+                self.record_written()
 
     async def _run_outbox(self) -> None:
         """Hand stored analysis jobs to the queue; keep them while it is down."""

@@ -124,6 +124,10 @@ def test_lab_up_call_status_down(asterisk: AsteriskSandbox, lab_env: dict[str, s
         assert code == 200
         call_id = call.stdout.split()[1].rstrip(":")
         assert call_id in {c["id"] for c in json.loads(body)["calls"]}
+        # with the browser phone, its SIP account the managed Asterisk's
+        phone = json.loads(get(f"{base}/api/phone", token)[1])
+        assert phone["enabled"] and phone["ws"] == "ws://127.0.0.1:8088/ws", phone
+        assert phone["password"] == asterisk.webphone_password()
 
         # a service that dies is reported, with its log
         state = LocalLab(settings).state()

@@ -41,6 +41,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 metadata = MetaData()
 
@@ -146,7 +147,16 @@ class Store:
     # calls ------------------------------------------------------------------------
     def save_call(self, record: dict[str, Any], job_kinds: tuple[str, ...] = ()) -> bool:
         """Write a call's record (and its outbox jobs) in one transaction.
-        False if the call was already stored: the first record stands."""
+        False if the call was already stored: the first record stands (also
+        when another bridge stores it at the same moment)."""
+        try:
+            return self._save_call(record, job_kinds)
+        except IntegrityError:
+            if self.get_call(record["id"]) is not None:
+                return False  # the other writer's insert won
+            raise
+
+    def _save_call(self, record: dict[str, Any], job_kinds: tuple[str, ...]) -> bool:
         now = time.time()
         with self.tx() as conn:
             if conn.execute(select(calls.c.id).where(calls.c.id == record["id"])).first():
