@@ -15,6 +15,7 @@ from . import log
 from .settings import Settings, split_hostport
 
 if TYPE_CHECKING:
+    from .lab.local import CallReport, LocalLab
     from .records.store import Store
 
 
@@ -579,10 +580,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lab_status(lab: object) -> int:
-    from .lab.local import LocalLab
-
-    assert isinstance(lab, LocalLab)
+def _lab_status(lab: LocalLab) -> int:
     statuses = lab.status()
     if not statuses:
         print("the lab is not up (voiceos-switch lab up)")
@@ -627,7 +625,7 @@ def _compose_call(project: Path, question: str) -> int:
     return _lab_call(report)
 
 
-def _lab_call(report: Any) -> int:
+def _lab_call(report: CallReport) -> int:
     if not report.answered:
         return _fail(f"the demo call was not answered ({report.hangup_cause})")
     print(

@@ -4,8 +4,8 @@ The managed Asterisk 22 (its sandbox root), redis-server, the bridge, a
 Celery worker and the dashboard, each a process of its own that outlives
 the command that started it. What runs is written to ``state_dir/lab``:
 ``lab.json`` (processes, ports) and ``secrets.json`` (mode 600: the Redis
-password and the dashboard token, made once and kept). ``down`` stops everything ``up`` started and checks that
-the ports are free again.
+password and the dashboard token, made once and kept). ``down`` stops
+everything ``up`` started and checks that the ports are free again.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from ..pbx.asterisk import AsteriskError, AsteriskSandbox
-from ..settings import Settings
+from ..pbx.ports import Port, holder
+from ..settings import Settings, split_hostport
 
 #: the processes, in the order they start (and stop in reverse)
 SERVICES = ("asterisk", "redis", "bridge", "worker", "dashboard")
 DEFAULT_AGENT = "voiceos_switch.demo:agent"
-#: the bridge loads its models before it listens: on two busy cores, well under this
+#: the bridge listens at once and loads its models after: well under this
 BRIDGE_READY_S = 300.0
 READY_S = 60.0
 
@@ -45,20 +46,9 @@ def _say(message: str) -> None:
     print(f"[lab] {message}", file=sys.stderr, flush=True)
 
 
-@dataclass(frozen=True)
-class Port:
-    proto: str  # "tcp" or "udp"
-    port: int
-    what: str
-    setting: str  # the environment variable that moves it
-
-    def __str__(self) -> str:
-        return f"127.0.0.1:{self.port}/{self.proto} ({self.what})"
-
-
 def lab_ports(settings: Settings) -> list[Port]:
     """Every loopback port the lab listens on."""
-    audiosocket = int(settings.audiosocket.rsplit(":", 1)[1])
+    _, audiosocket = split_hostport(settings.audiosocket)
     return [
         Port("udp", settings.sip_port, "SIP", "VOICEOS_SIP_PORT"),
         Port("udp", settings.carrier_sim_port, "lab carrier SIP", "VOICEOS_CARRIER_SIM_PORT"),
@@ -74,53 +64,6 @@ def lab_ports(settings: Settings) -> list[Port]:
         Port("tcp", settings.lab_dashboard_port, "dashboard", "VOICEOS_LAB_DASHBOARD_PORT"),
         Port("tcp", settings.lab_metrics_port, "bridge metrics", "VOICEOS_LAB_METRICS_PORT"),
     ]
-
-
-def _socket_inodes(proto: str, port: int) -> set[str]:
-    """Inodes of sockets bound to ``port`` (any address) in /proc/net."""
-    inodes = set()
-    for table in (f"/proc/net/{proto}", f"/proc/net/{proto}6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if int(local.rsplit(":", 1)[1], 16) != port:
-                continue
-            # tcp: only listening sockets (0A); udp: every bound socket
-            if proto == "tcp" and state != "0A":
-                continue
-            inodes.add(inode)
-    return inodes
-
-
-def holder(port: Port) -> str | None:
-    """Who holds ``port``: ``"pid 42 (asterisk)"``, ``"another program"``, or
-    None when it is free."""
-    kind = socket.SOCK_STREAM if port.proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as sock:
-        if kind == socket.SOCK_STREAM:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port.port))
-            return None
-        except OSError:
-            pass
-    inodes = _socket_inodes(port.proto, port.port)
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            for fd in (proc / "fd").iterdir():
-                target = os.readlink(fd)
-                if target.startswith("socket:[") and target[8:-1] in inodes:
-                    name = (proc / "comm").read_text().strip()
-                    return f"pid {proc.name} ({name})"
-        except OSError:
-            continue
-    return "another program"
 
 
 def _start_time(pid: int) -> str | None:

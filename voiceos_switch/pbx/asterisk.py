@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..settings import Settings
+from .ports import Port, holder
 
 PACKAGES = (
     "asterisk",
@@ -298,23 +298,18 @@ class AsteriskSandbox:
         """Refuse to start beside another PBX holding our loopback ports."""
         s = self.settings
         checks = [
-            (socket.SOCK_DGRAM, s.sip_port, "SIP"),
-            (socket.SOCK_DGRAM, s.carrier_sim_port, "lab carrier SIP"),
-            (socket.SOCK_STREAM, s.ami_port, "AMI"),
-            (socket.SOCK_STREAM, s.asterisk_http_port, "HTTP/WebSocket"),
+            Port("udp", s.sip_port, "SIP", "VOICEOS_SIP_PORT"),
+            Port("udp", s.carrier_sim_port, "lab carrier SIP", "VOICEOS_CARRIER_SIM_PORT"),
+            Port("tcp", s.ami_port, "AMI", "VOICEOS_AMI_PORT"),
+            Port("tcp", s.asterisk_http_port, "HTTP/WebSocket", "VOICEOS_ASTERISK_HTTP_PORT"),
         ]
-        for kind, port, what in checks:
-            with socket.socket(socket.AF_INET, kind) as sock:
-                if kind == socket.SOCK_STREAM:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    raise AsteriskError(
-                        f"127.0.0.1:{port} ({what}) is in use: is another Asterisk running? "
-                        "Stop it, or set VOICEOS_SIP_PORT / VOICEOS_AMI_PORT / "
-                        "VOICEOS_ASTERISK_HTTP_PORT"
-                    ) from None
+        for port in checks:
+            who = holder(port)
+            if who is not None:
+                raise AsteriskError(
+                    f"127.0.0.1:{port.port} ({port.what}) is in use by {who}: is another "
+                    f"Asterisk running? Stop it, or set {port.setting}"
+                )
 
     def _start(self) -> None:
         self._ports_free()
