@@ -20,12 +20,13 @@ import collections
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from . import log
 from .call import TTS, Call
-from .control.ami import AMIController, AMIError
+from .control.ami import AMIController, AMIError, AMIPool
 from .control.esl import ESLController, ESLError
 from .errors import CallControlError, ConfigurationError, TransferError
 from .handlers import Handler, handler_subscriber
@@ -34,6 +35,9 @@ from .settings import Settings
 from .variants import Variant
 from .variants import check as check_variants
 from .variants import pick as pick_variant
+
+if TYPE_CHECKING:
+    from .deploy import Deployment
 
 logger = log.get(__name__)
 
@@ -417,6 +421,7 @@ class Agent:
             info = self.control.channels.get(call.id)
             if info is not None:
                 call.caller, call.called = info.caller, info.called
+                call.pbx_address = info.pbx_address
         call.caller = call.caller or getattr(media, "caller", "")
         call.called = call.called or getattr(media, "called", "")
         logger.info(log.kv(event="call_started", pbx=call.pbx, rate=call.sample_rate))
@@ -622,9 +627,42 @@ class Agent:
         self.runtime = Runtime(self)
         await self.runtime.run(ready=ready, stop=stop, control=control, drain=drain)
 
+    def deploy(
+        self,
+        phone_number: str,
+        max_concurrent_calls: int | None = None,
+        regions: list[str] | None = None,
+        routes_dir: str | Path | None = None,
+        serve: bool = True,
+    ) -> Deployment:
+        """Take calls to ``phone_number`` here: render the PBX routing for it
+        (installed in the managed Asterisk, or written to ``routes_dir`` for
+        a PBX of your own), refuse calls over ``max_concurrent_calls`` at
+        once (the PBX then tries the next bridge), and serve (``serve=False``:
+        only prepare). ``regions``: the cells that serve the number; this
+        one's is VOICEOS_REGION (docs/scaling.md)."""
+        from .deploy import install, plan
+
+        limit = max_concurrent_calls or self.settings.max_calls
+        deployment = plan(self.settings, self.name, phone_number, limit, regions)
+        self.settings = self.settings.model_copy(update={"max_calls": limit})
+        install(deployment, self.settings, Path(routes_dir) if routes_dir else None)
+        logger.info(
+            log.kv(
+                event="deployed",
+                number=deployment.phone_number,
+                max_calls=limit,
+                region=deployment.region or "-",
+                routes=",".join(str(p) for p in deployment.written),
+            )
+        )
+        if serve:
+            self.serve()
+        return deployment
+
     # what the runtime serves, read through it (None before it runs) ---------------
     @property
-    def control(self) -> AMIController | None:
+    def control(self) -> AMIController | AMIPool | None:
         return self.runtime.control if self.runtime is not None else None
 
     @property

@@ -77,6 +77,8 @@ class Call:
         self.pbx = media.pbx
         self.caller = ""
         self.called = ""
+        #: the PBX that carried the call (its AMI address), when known
+        self.pbx_address = ""
         self.started_at = time.time()
         self.ended_at: float | None = None
         self.transcript: list[Turn] = []

@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,6 +121,50 @@ def cmd_call(args: argparse.Namespace) -> int:
         f"call {result.tag}: answered, {result.duration_s:.1f} s, ended: {result.hangup_cause}; "
         f"heard {heard}" + (f" -> {args.record}" if args.record else "")
     )
+    return 0
+
+
+def _pbx_arg(text: str) -> Any:
+    from .pbx.kamailio import Pbx
+
+    address, _, limit = text.partition("=")
+    split_hostport(address)
+    return Pbx(address, int(limit) if limit else 0)
+
+
+def cmd_kamailio(args: argparse.Namespace) -> int:
+    from .pbx.kamailio import SipProxy, SipProxyError
+
+    workdir = Path(args.dir)
+    try:
+        pbxs = [_pbx_arg(p) for p in args.pbx]
+    except ValueError as exc:
+        return _fail(f"--pbx wants HOST:PORT or HOST:PORT=MAX_CALLS: {exc}")
+    proxy = SipProxy(workdir, pbxs, listen=args.listen)
+    try:
+        if args.action == "config":
+            if not pbxs:
+                return _fail("name the PBXs behind the proxy: --pbx HOST:PORT[=MAX_CALLS] ...")
+            proxy.write()
+            checked = ""
+            if shutil.which("kamailio") or Path("/usr/sbin/kamailio").exists():
+                proxy.check()
+                checked = " (kamailio -c: the configuration is valid)"
+            print(f"wrote {proxy.config_path} and {workdir / 'dispatcher.list'}{checked}")
+            print(f"run: kamailio -DD -E -f {proxy.config_path}")
+        elif args.action == "status":
+            for uri, flags in sorted(proxy.states().items()):
+                state = "active" if flags.startswith("A") else "inactive"
+                print(f"{uri}  {state} ({flags})")
+        elif args.action in ("drain", "undrain"):
+            if not pbxs:
+                return _fail(f"which PBX? --pbx HOST:PORT (see `kamailio status --dir {workdir}`)")
+            for pbx in pbxs:
+                (proxy.drain if args.action == "drain" else proxy.undrain)(pbx)
+                done = "no new calls" if args.action == "drain" else "taking calls again"
+                print(f"{pbx.uri}: {done}")
+    except SipProxyError as exc:
+        return _fail(str(exc))
     return 0
 
 
@@ -791,6 +836,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="with call: call the docker-compose lab (its .env says where) instead",
     )
     lab.set_defaults(func=cmd_lab)
+
+    kam = sub.add_parser(
+        "kamailio", help="the SIP tier: Kamailio's dispatcher in front of several PBXs"
+    )
+    kam.add_argument("action", choices=["config", "status", "drain", "undrain"])
+    kam.add_argument(
+        "--pbx",
+        action="append",
+        default=[],
+        metavar="HOST:PORT[=MAX_CALLS]",
+        help="a PBX behind the proxy (repeat for each)",
+    )
+    kam.add_argument("--listen", default="127.0.0.1:5070", help="the proxy's SIP address")
+    kam.add_argument(
+        "--dir",
+        default="kamailio-rendered",
+        help="where the configuration, dispatcher list and RPC socket live",
+    )
+    kam.set_defaults(func=cmd_kamailio)
 
     ast = sub.add_parser("asterisk", help="the managed Asterisk 22 for tests and the lab")
     ast.add_argument("action", choices=["up", "down", "status", "cli", "config"])

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from . import events as ev
 from . import log
-from .control.ami import AMIController
+from .control.ami import AMIController, AMIPool
 from .control.esl import ESLController
 from .errors import ConfigurationError
 from .media import CallMedia
@@ -58,7 +58,7 @@ class Runtime:
         self.agent = agent
         self.settings = agent.settings
         #: call control over AMI (Asterisk) and the Event Socket (FreeSWITCH)
-        self.control: AMIController | None = None
+        self.control: AMIController | AMIPool | None = None
         self.esl: ESLController | None = None
         self.server: Any = None
         self.stream_server: Any = None
@@ -79,6 +79,16 @@ class Runtime:
         """A call's record is stored: the outbox may queue its analyses now."""
         if self._outbox_wakeup is not None:
             self._outbox_wakeup.set()
+
+    def _ami(self, secret: str) -> AMIController | AMIPool:
+        s = self.settings
+        if not s.ami_hosts:
+            return AMIController(s.ami_host, s.ami_port, s.ami_username, secret)
+        controllers = []
+        for address in s.ami_hosts.split(","):
+            host, port = split_hostport(address.strip())
+            controllers.append(AMIController(host, port, s.ami_username, secret))
+        return AMIPool(controllers)
 
     async def run(
         self,
@@ -104,7 +114,7 @@ class Runtime:
             )
         secret = s.resolved_ami_secret() if control else None
         if secret:
-            self.control = AMIController(s.ami_host, s.ami_port, s.ami_username, secret)
+            self.control = self._ami(secret)
             self.control.start()
         elif control:
             logger.warning(
@@ -171,6 +181,7 @@ class Runtime:
             # models' and libraries' objects stalls the loop for 30 ms and
             # more, and retained events make full collections come often)
             gc.freeze()
+            logger.info(log.kv(event="bridge_ready", node=s.node_name, audiosocket=s.audiosocket))
             if ready is not None:
                 ready.set()
             await self._serve_until(stop or asyncio.Event(), drain)

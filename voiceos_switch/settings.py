@@ -135,6 +135,22 @@ class Settings(BaseSettings):
     # Asterisk manager -----------------------------------------------------
     ami_host: str = "127.0.0.1"
     ami_port: int = 5038
+    region: str | None = Field(
+        None,
+        description="Where this cell runs (a name like 'us-east'): agent.deploy(regions=...) "
+        "serves a number only in the cells of its regions.",
+    )
+    node: str | None = Field(
+        None,
+        description="This bridge's name in call records and logs "
+        "(default: host name and AudioSocket port).",
+    )
+    ami_hosts: str | None = Field(
+        None,
+        description="Several Asterisks whose calls this bridge serves, 'host:port,host:port' "
+        "(one AMI connection to each, the same user and secret); default: "
+        "VOICEOS_AMI_HOST:VOICEOS_AMI_PORT alone.",
+    )
     ami_username: str = "voiceos"
     ami_secret: SecretStr | None = Field(
         None, description="AMI secret. Unset: the managed Asterisk's generated one."
@@ -203,11 +219,34 @@ class Settings(BaseSettings):
     #: where the lab carrier reaches a FreeSWITCH's ``voiceos`` SIP profile
     #: (``voiceos-switch call --pbx freeswitch``)
     lab_freeswitch_sip_port: int = 5080
+    lab_carrier_target: str | None = Field(
+        None,
+        description="Where the managed Asterisk's lab carrier sends its calls, 'host:port' "
+        "(default: this Asterisk's own SIP port; a SIP proxy's to call through it).",
+    )
     human_extension: str = Field("operator", description="Default human handoff target.")
     asterisk_bridges: str | None = Field(
         None,
         description="The bridges the managed Asterisk's dialplan tries in turn, "
         "'host:port&host:port' (default: VOICEOS_AUDIOSOCKET alone).",
+    )
+    asterisk_bridge_order: str = Field(
+        "spread",
+        pattern="^(spread|in-order)$",
+        description="How the managed Asterisk's dialplan picks among several bridges: "
+        "'spread' starts each call at a random one (then the rest in turn), "
+        "'in-order' always tries the first one first (a primary and its backups).",
+    )
+    asterisk_sip_proxy: str | None = Field(
+        None,
+        description="SIP proxies in front of the managed Asterisk (Kamailio), "
+        "'host:port,host:port': their INVITEs are carrier calls.",
+    )
+    asterisk_rtp_ports: str = Field(
+        "20000-20999",
+        pattern=r"^\d+-\d+$",
+        description="The managed Asterisk's RTP port range (a second instance on the "
+        "same machine takes its own).",
     )
     asterisk_http_port: int = Field(
         8088,
@@ -340,6 +379,14 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'calls.db'}"
+
+    @property
+    def node_name(self) -> str:
+        if self.node:
+            return self.node
+        import socket
+
+        return f"{socket.gethostname()}:{split_hostport(self.audiosocket)[1]}"
 
     @property
     def asterisk_dir(self) -> Path:

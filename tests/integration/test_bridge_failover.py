@@ -82,7 +82,7 @@ async def test_calls_pass_over_bridges_that_do_not_take_them(
 
     dropper = await asyncio.start_server(drop, "127.0.0.1", dropping)
     chain = "&".join(f"127.0.0.1:{p}" for p in (dead, dropping, first, second))
-    pbx = AsteriskSandbox(Settings(asterisk_bridges=chain))
+    pbx = AsteriskSandbox(Settings(asterisk_bridges=chain, asterisk_bridge_order="in-order"))
     await asyncio.to_thread(pbx.restart)
     try:
         async with running(first, tmp_path) as a, running(second, tmp_path) as b:

@@ -206,7 +206,8 @@ async def test_a_thousand_silent_connections_are_closed_and_forgotten(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     rec = Recorder(reply=b"\x01\x00" * 160)
-    srv = AudioSocketServer(rec, handshake_timeout=2.0)
+    # (a connection before its call id holds a place under the limit)
+    srv = AudioSocketServer(rec, handshake_timeout=2.0, max_calls=2000)
     await srv.start("127.0.0.1", 0)
     good = await Peer.connect(srv.address)
     good.send(p.CallId(uuid.uuid4()), audio(1))
@@ -257,6 +258,25 @@ async def test_max_calls_refuses_extra_connections() -> None:
     assert await second.closed()
     assert srv.stats.refused == 1
     first.writer.close()
+    await srv.close()
+
+
+async def test_two_connects_at_once_cannot_both_pass_the_limit() -> None:
+    rec = Recorder()
+    srv = AudioSocketServer(rec, max_calls=1)
+    await srv.start("127.0.0.1", 0)
+    # both connect before either has sent its call id (a PBX placing two
+    # calls in the same millisecond)
+    a, b = await asyncio.gather(Peer.connect(srv.address), Peer.connect(srv.address))
+    for peer in (a, b):
+        peer.send(p.CallId(uuid.uuid4()), audio(1))
+    for _ in range(300):
+        if srv.stats.refused + srv.stats.calls == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert srv.stats.refused == 1 and srv.stats.calls == 1
+    for peer in (a, b):
+        peer.writer.close()
     await srv.close()
 
 

@@ -34,6 +34,8 @@ class ChannelInfo:
     caller: str = ""
     called: str = ""
     rate: int | None = None
+    #: the Asterisk that announced the call (its AMI address)
+    pbx_address: str = ""
 
 
 def one_line(text: str, limit: int = 2000) -> str:
@@ -199,6 +201,7 @@ class AMIController:
                 caller=event.get("Caller", ""),
                 called=event.get("Called", ""),
                 rate=int(event["Rate"]) if event.get("Rate", "").isdigit() else None,
+                pbx_address=f"{self.host}:{self.port}",
             )
             if info.call_id:
                 self.channels[info.call_id] = info
@@ -303,3 +306,86 @@ class AMIController:
     async def stop_recording(self, call_id: str) -> None:
         info = await self.channel_for(call_id)
         await self.action({"Action": "StopMixMonitor", "Channel": info.channel})
+
+
+class AMIPool:
+    """Call control over several Asterisks: a bridge that serves a pool of
+    PBXs keeps an AMI connection to each, and acts on a call through the one
+    whose dialplan announced it (its VoiceosCall event)."""
+
+    pbx = "asterisk"
+
+    def __init__(self, controllers: list[AMIController]) -> None:
+        if not controllers:
+            raise AMIError("an AMI pool needs at least one Asterisk")
+        self.controllers = controllers
+
+    @property
+    def channels(self) -> dict[str, ChannelInfo]:
+        merged: dict[str, ChannelInfo] = {}
+        for controller in self.controllers:
+            merged.update(controller.channels)
+        return merged
+
+    @property
+    def connected(self) -> bool:
+        return any(c.connected for c in self.controllers)
+
+    def start(self) -> None:
+        for controller in self.controllers:
+            controller.start()
+
+    async def close(self) -> None:
+        for controller in self.controllers:
+            await controller.close()
+
+    async def wait_ready(self, timeout: float = 5.0) -> bool:
+        """True when every Asterisk of the pool is connected."""
+        results = await asyncio.gather(*(c.wait_ready(timeout) for c in self.controllers))
+        return all(results)
+
+    def add_listener(self, callback: Callable[[dict[str, str]], None]) -> None:
+        for controller in self.controllers:
+            controller.add_listener(callback)
+
+    async def _owner(self, call_id: str, timeout: float = 2.0) -> AMIController:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(timeout, 0.5)
+        while True:
+            for controller in self.controllers:
+                if call_id in controller.channels:
+                    return controller
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        # no announcement seen (an event lost in a reconnect): ask each
+        for controller in self.controllers:
+            if not controller.connected:
+                continue
+            try:
+                await controller.channel_for(call_id, timeout)
+                return controller
+            except (AMIError, TimeoutError):
+                continue
+        raise AMIError(f"no Asterisk of the pool carries call {call_id}")
+
+    async def channel_for(self, call_id: str, timeout: float = 2.0) -> ChannelInfo:
+        controller = await self._owner(call_id, timeout)
+        return await controller.channel_for(call_id, timeout)
+
+    async def set_var(self, call_id: str, name: str, value: str) -> None:
+        await (await self._owner(call_id)).set_var(call_id, name, value)
+
+    async def hangup(self, call_id: str) -> None:
+        await (await self._owner(call_id)).hangup(call_id)
+
+    async def redirect(
+        self, call_id: str, exten: str, context: str = "voiceos-humans", priority: int = 1
+    ) -> None:
+        await (await self._owner(call_id)).redirect(call_id, exten, context, priority)
+
+    async def start_recording(self, call_id: str, path: str, options: str = "") -> None:
+        await (await self._owner(call_id)).start_recording(call_id, path, options)
+
+    async def stop_recording(self, call_id: str) -> None:
+        await (await self._owner(call_id)).stop_recording(call_id)

@@ -69,10 +69,16 @@ def debian_mirror() -> str:
 
 
 class AsteriskSandbox:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, template: AsteriskSandbox | None = None
+    ) -> None:
+        """``template``: an installed sandbox whose root this one copies instead
+        of installing its own (a second Asterisk on the same machine, with its
+        own configuration, ports, logs and state)."""
         self.settings = settings or Settings()
         self.base = self.settings.asterisk_dir
         self.root = self.base / "root"
+        self.template = template
 
     # paths -------------------------------------------------------------------
     @property
@@ -109,10 +115,13 @@ class AsteriskSandbox:
         for tool in ("debootstrap", "chroot", "mount"):
             if shutil.which(tool) is None:
                 raise AsteriskError(f"{tool} is not installed; run: apt-get install -y debootstrap")
-        mirror = self.settings.debian_mirror or debian_mirror()
         if self.root.exists():
             self._unmount()
             shutil.rmtree(self.root)
+        if self.template is not None:
+            self._copy_template(self.template)
+            return
+        mirror = self.settings.debian_mirror or debian_mirror()
         started = time.monotonic()
         _say(f"1/3 debootstrap Debian sid into {self.root} (about 30 s)")
         self._run(
@@ -148,6 +157,27 @@ class AsteriskSandbox:
         self._chroot(["apt-get", "clean"], "apt-get clean")
         (self.root / ".voiceos-root").write_text(ROOT_VERSION + "\n")
         _say(f"installed in {time.monotonic() - started:.0f} s")
+
+    def _copy_template(self, template: AsteriskSandbox) -> None:
+        with template._lock():
+            if not template.installed:
+                template.install()
+            started = time.monotonic()
+            _say(f"copying the root of {template.base} into {self.root}")
+            self.base.mkdir(parents=True, exist_ok=True)
+            # --one-file-system: not the template's mounted /proc and /dev
+            self._run(
+                ["cp", "-a", "--one-file-system", str(template.root), str(self.root)],
+                "copying the Asterisk root",
+            )
+        # the template's own runtime state is not this instance's
+        # (its files go; the directories, with their owners, stay)
+        for sub in ("run/asterisk", "var/log/asterisk", "var/spool/asterisk", LAB_DIR):
+            for path in (self.root / sub.lstrip("/")).rglob("*"):
+                if path.is_file() or path.is_symlink() or path.is_socket():
+                    path.unlink()
+        (self.root / "var/lib/asterisk/astdb.sqlite3").unlink(missing_ok=True)
+        _say(f"installed in {time.monotonic() - started:.1f} s")
 
     def _run(self, cmd: list[str], what: str) -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -203,6 +233,10 @@ class AsteriskSandbox:
 
     def variables(self) -> dict[str, str]:
         s = self.settings
+        rtp_start, rtp_end = s.asterisk_rtp_ports.split("-")
+        carrier = [f"127.0.0.1:{s.carrier_sim_port}"]
+        if s.asterisk_sip_proxy:
+            carrier += [p.strip() for p in s.asterisk_sip_proxy.split(",") if p.strip()]
         return {
             "bridge": s.asterisk_bridges or s.audiosocket,
             "ami_port": str(s.ami_port),
@@ -216,8 +250,11 @@ class AsteriskSandbox:
             "http_port": str(s.asterisk_http_port),
             "webphone_user": s.webphone_user,
             "webphone_password": self.webphone_password(),
-            "rtp_start": "20000",
-            "rtp_end": "20999",
+            "rtp_start": rtp_start,
+            "rtp_end": rtp_end,
+            "bridge_order": s.asterisk_bridge_order,
+            "carrier_match": ",".join(carrier),
+            "carrier_target": s.lab_carrier_target or f"127.0.0.1:{s.sip_port}",
         }
 
     def rendered_configs(self, lab: bool = True) -> dict[str, str]:
@@ -252,6 +289,18 @@ class AsteriskSandbox:
         os.chown(lab, uid, gid)
         os.chmod(lab, 0o777)
         return changed
+
+    def install_numbers(self, text: str) -> Path:
+        """Install the per-number routes (``voiceos_numbers.conf``, included
+        in the carrier context) and reload the dialplan if Asterisk runs."""
+        path = self.root / "etc/asterisk/voiceos_numbers.conf"
+        path.write_text(text)
+        uid, gid = self.asterisk_ids()
+        os.chown(path, uid, gid)
+        os.chmod(path, 0o640)
+        if self.running():
+            self.cli("dialplan reload")
+        return path
 
     def asterisk_ids(self) -> tuple[int, int]:
         """The asterisk user's uid and gid inside the root (numeric on the host)."""

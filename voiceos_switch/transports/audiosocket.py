@@ -35,6 +35,9 @@ class ServerStats:
     calls: int = 0
     active_connections: int = 0
     active_calls: int = 0
+    #: connections taken towards the limit (calls, and connections still
+    #: before their call id: two PBX connects at once cannot both slip in)
+    admitted: int = 0
     protocol_errors: int = 0
     handshake_timeouts: int = 0
     refused: int = 0
@@ -131,6 +134,7 @@ class _Connection(asyncio.Protocol):
         self.peer = "?"
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._admitted = False
         self._pacer: Pacer | None = None
         self._send_limit = 0
         self._recording: CallRecording | None = None
@@ -146,10 +150,12 @@ class _Connection(asyncio.Protocol):
         srv.stats.connections += 1
         srv.stats.active_connections += 1
         srv._live.add(self)
-        if srv.stats.active_calls >= srv.max_calls:
+        if srv.stats.admitted >= srv.max_calls:
             srv.stats.refused += 1
             self._fail(f"refused: {srv.max_calls} calls already active")
             return
+        srv.stats.admitted += 1
+        self._admitted = True
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(srv.handshake_timeout, self._handshake_expired)
 
@@ -182,6 +188,9 @@ class _Connection(asyncio.Protocol):
             else:
                 self._end(f"connection lost: {exc}", True)
         self.server.stats.active_connections -= 1
+        if self._admitted:
+            self._admitted = False
+            self.server.stats.admitted -= 1
         self.server._live.discard(self)
 
     # frames ----------------------------------------------------------------
