@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 from rtpmeter import RtpMeter, Stream  # bench/rtpmeter.py (scripts run from bench/)
+from services import streamed_answer  # bench/services.py
 from stats import pct  # bench/stats.py
 
 HERE = Path(__file__).resolve().parent
@@ -96,24 +97,7 @@ def serve(port: int) -> None:
         return JSONResponse({"text": QUESTION, "words": [], "duration": 2.0})
 
     async def completions(request: Request) -> Response:
-        start = time.monotonic()
-        req = json.loads(await request.body())
-
-        async def body() -> Any:
-            await asyncio.sleep(max(0.0, start + DELAY_S - time.monotonic()))
-            for i, word in enumerate(ANSWER.split(" ")):
-                chunk = {
-                    "id": "c",
-                    "object": "chat.completion.chunk",
-                    "created": 0,
-                    "model": req.get("model", "bench"),
-                    "choices": [{"index": 0, "delta": {"content": ("" if i == 0 else " ") + word}}],
-                }
-                yield f"data: {json.dumps(chunk)}\n\n".encode()
-                await asyncio.sleep(0.005)
-            yield b"data: [DONE]\n\n"
-
-        return StreamingResponse(body(), media_type="text/event-stream")
+        return await streamed_answer(request, ANSWER, DELAY_S)
 
     async def speech(request: Request) -> Response:
         start = time.monotonic()
@@ -230,7 +214,7 @@ class Cell:
                     subprocess.Popen(
                         [sys.executable, script, "bridge", "--brains", self.brains,
                          "--services", services],
-                        env=dict(env, VOICEOS_AUDIOSOCKET=address, VOICEOS_NODE=f"bridge-{n}",
+                        env=dict(env, VOICEOS_AUDIOSOCKET=address, VOICEOS_BRIDGE_NAME=f"bridge-{n}",
                                  VOICEOS_STATE_DIR=str(self.tmp / f"bridge{n}")),
                         stdout=log,
                         stderr=subprocess.STDOUT,
@@ -350,6 +334,7 @@ def analyse(streams: list[Stream]) -> dict[str, Any]:
             "p99": round(float(np.percentile(allj, 99)), 3) if len(allj) else None,
             "max": round(float(allj.max()), 2) if len(allj) else None,
         },
+        "lost_packets": int(sum(s.lost() for s in inbound.values())),
         "call_seconds": round(seconds, 1),
         "packets_in": int(sum(len(s) for s in inbound.values())),
     }

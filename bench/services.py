@@ -51,12 +51,37 @@ def _free_port() -> int:
 
 
 # ------------------------------------------------------------- the servers
+async def streamed_answer(request: Any, answer: str, delay_s: float = DELAY_S) -> Any:
+    """An OpenAI-compatible streamed chat completion of ``answer``: the first
+    word ``delay_s`` after the request arrived, then a word every 5 ms."""
+    from starlette.responses import StreamingResponse
+
+    start = time.monotonic()
+    req = json.loads(await request.body())
+
+    async def body() -> Any:
+        await asyncio.sleep(max(0.0, start + delay_s - time.monotonic()))
+        for i, word in enumerate(answer.split(" ")):
+            chunk = {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": req.get("model", "fake"),
+                "choices": [{"index": 0, "delta": {"content": ("" if i == 0 else " ") + word}}],
+            }
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
+            await asyncio.sleep(0.005)
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
 def serve(port: int, clips: Path) -> None:
     import numpy as np
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     known: list[tuple[bytes, str]] = []
@@ -80,24 +105,7 @@ def serve(port: int, clips: Path) -> None:
         return JSONResponse({"text": text, "words": [], "duration": len(pcm) / 16000})
 
     async def completions(request: Request) -> Response:
-        start = time.monotonic()
-        req = json.loads(await request.body())
-
-        async def body() -> Any:
-            await asyncio.sleep(max(0.0, start + DELAY_S - time.monotonic()))
-            for i, word in enumerate(ANSWER.split(" ")):
-                chunk = {
-                    "id": "c",
-                    "object": "chat.completion.chunk",
-                    "created": 0,
-                    "model": req.get("model", "fake"),
-                    "choices": [{"index": 0, "delta": {"content": ("" if i == 0 else " ") + word}}],
-                }
-                yield f"data: {json.dumps(chunk)}\n\n".encode()
-                await asyncio.sleep(0.005)
-            yield b"data: [DONE]\n\n"
-
-        return StreamingResponse(body(), media_type="text/event-stream")
+        return await streamed_answer(request, ANSWER)
 
     app = Starlette(
         routes=[

@@ -149,7 +149,7 @@ class Runtime:
             if s.redis_url and s.event_stream:
                 from .eventstream import EventStream
 
-                stream = self.event_stream = EventStream(s.redis_url, bridge=s.bridge_name)
+                stream = self.event_stream = EventStream(s.redis_url, bridge=s.resolved_bridge_name)
                 self.agent.subscribers.append(stream.publish)
             if s.metrics:
                 self.metrics_server = await self._serve_metrics(clock)
@@ -181,7 +181,11 @@ class Runtime:
             # models' and libraries' objects stalls the loop for 30 ms and
             # more, and retained events make full collections come often)
             gc.freeze()
-            logger.info(log.kv(event="bridge_ready", node=s.node_name, audiosocket=s.audiosocket))
+            logger.info(
+                log.kv(
+                    event="bridge_ready", bridge=s.resolved_bridge_name, audiosocket=s.audiosocket
+                )
+            )
             if ready is not None:
                 ready.set()
             await self._serve_until(stop or asyncio.Event(), drain)

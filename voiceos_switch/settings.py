@@ -140,11 +140,6 @@ class Settings(BaseSettings):
         description="Where this cell runs (a name like 'us-east'): agent.deploy(regions=...) "
         "serves a number only in the cells of its regions.",
     )
-    node: str | None = Field(
-        None,
-        description="This bridge's name in call records and logs "
-        "(default: host name and AudioSocket port).",
-    )
     ami_hosts: str | None = Field(
         None,
         description="Several Asterisks whose calls this bridge serves, 'host:port,host:port' "
@@ -318,7 +313,9 @@ class Settings(BaseSettings):
         "voiceos:events, so several bridges feed one viewer.",
     )
     bridge_name: str | None = Field(
-        None, description="This bridge's name on the event stream (default: host:pid)."
+        None,
+        description="This bridge's name on the event stream, in its call records and "
+        "logs (default: host name and AudioSocket port).",
     )
     analysis_model: str = Field(
         "local", description="The model that writes call summaries (names as for Agent(model=...))."
@@ -381,9 +378,9 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.state_dir / 'calls.db'}"
 
     @property
-    def node_name(self) -> str:
-        if self.node:
-            return self.node
+    def resolved_bridge_name(self) -> str:
+        if self.bridge_name:
+            return self.bridge_name
         import socket
 
         return f"{socket.gethostname()}:{split_hostport(self.audiosocket)[1]}"

@@ -2,8 +2,9 @@
 
 ``VOICEOS_BRIDGE`` names several bridges. One that is down (nothing
 listens), one that accepts and drops the connection, and one that is
-draining (it has a call, and took its socket down) are passed over at once
-and the call reaches a bridge that takes it; a draining bridge's own call
+draining (it has a call, and took its socket down) are passed over at once,
+one that accepts and never answers (hung) after Asterisk's 2 s, and the
+call reaches a bridge that takes it; a draining bridge's own call
 goes on to its end. When no bridge takes a call the caller goes to a
 person, not to silence.
 """
@@ -73,15 +74,25 @@ async def until(check: object, limit: float, what: str) -> None:
 async def test_calls_pass_over_bridges_that_do_not_take_them(
     asterisk: AsteriskSandbox, tmp_path: Path
 ) -> None:
-    dead, dropping, first, second = (free_port() for _ in range(4))
+    dead, dropping, silent, first, second = (free_port() for _ in range(5))
     dropped: list[int] = []
+    hung: list[int] = []
 
     async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         dropped.append(1)
         writer.close()
 
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # a hung bridge: takes the connection, reads, never sends a frame
+        hung.append(1)
+        while await reader.read(4096):
+            pass
+        writer.close()
+
     dropper = await asyncio.start_server(drop, "127.0.0.1", dropping)
-    chain = "&".join(f"127.0.0.1:{p}" for p in (dead, dropping, first, second))
+    hanger = await asyncio.start_server(never_answer, "127.0.0.1", silent)
+    log_from = asterisk.log_size()
+    chain = "&".join(f"127.0.0.1:{p}" for p in (dead, dropping, silent, first, second))
     pbx = AsteriskSandbox(Settings(asterisk_bridges=chain, asterisk_bridge_order="in-order"))
     await asyncio.to_thread(pbx.restart)
     try:
@@ -89,7 +100,7 @@ async def test_calls_pass_over_bridges_that_do_not_take_them(
             # a long call: the first bridge that takes calls gets it
             held = asyncio.create_task(place_call("100", delay=1.0, hold=14.0, timeout=120))
             await until(lambda: len(a.agent.calls) == 1, 60, "the call never reached a bridge")
-            assert dropped == [1] and not b.agent.calls
+            assert dropped == [1] and hung == [1] and not b.agent.calls
             # that bridge is told to go: it drains, keeping its call
             a.drain.set()
             await until(lambda: a.agent.runtime.draining, 10, "the bridge never drained")
@@ -104,7 +115,10 @@ async def test_calls_pass_over_bridges_that_do_not_take_them(
             assert first_call.duration_s > 14.0  # the caller hung up, not the bridge
             assert len(a.ended) == 1
             await asyncio.wait_for(asyncio.shield(a.task), 30)  # type: ignore[arg-type]
-            assert dropped == [1, 1]
+            assert dropped == [1, 1] and hung == [1, 1]
+            # the hung bridge cost each call Asterisk's 2 s, logged once a call
+            stalls = [e for e in asterisk.log_errors(log_from) if "no activity on AudioSocket" in e]
+            assert len(stalls) == 2 and f"127.0.0.1:{silent}" in stalls[0]
 
         # no bridge takes the call: the caller goes to a person
         watcher = AMIController(secret=asterisk.ami_secret())
@@ -113,7 +127,8 @@ async def test_calls_pass_over_bridges_that_do_not_take_them(
         watcher.start()
         assert await watcher.wait_ready(10)
         try:
-            result = await place_call("100", delay=0.5, hold=5.0, timeout=120)
+            # (the hung bridge holds it 2 s first)
+            result = await place_call("100", delay=0.5, hold=9.0, timeout=120)
         finally:
             await watcher.close()
         heard, rate = read_wav_mono16(result.heard)  # type: ignore[arg-type]
@@ -121,4 +136,5 @@ async def test_calls_pass_over_bridges_that_do_not_take_them(
         assert any(e.get("UserEvent") == "VoiceosNoBridge" for e in events)
     finally:
         dropper.close()
+        hanger.close()
         await asyncio.to_thread(asterisk.restart)

@@ -79,7 +79,7 @@ class BridgeProcess:
         environ = dict(
             os.environ,
             VOICEOS_AUDIOSOCKET=self.address,
-            VOICEOS_NODE=self.name,
+            VOICEOS_BRIDGE_NAME=self.name,
             VOICEOS_STATE_DIR=str(tmp / self.name),
             VOICEOS_MAX_CALLS="8",
             **env,
@@ -265,3 +265,77 @@ async def test_calls_spread_survive_a_drain_and_a_dead_pbx_and_are_stored_once(
             for n in range(10, 20)
         ), proxy_log
     store.close()
+
+
+async def test_pbxs_that_answer_options_but_fail_or_ignore_invites_are_passed_over(
+    tmp_path: Path,
+) -> None:
+    from tests.sip_responder import BrokenPbx
+    from voiceos_switch import Agent, Call
+
+    failing = await BrokenPbx(free_port_udp(), "fail").start()
+    silent = await BrokenPbx(free_port_udp(), "silent").start()
+    bridge_port = free_port()
+    template = AsteriskSandbox(Settings())
+    pbx = AsteriskSandbox(pbx_settings(1, f"127.0.0.1:{bridge_port}"), template=template)
+    carrier = AsteriskSandbox(pbx_settings(3), template=template)
+    proxy = SipProxy(
+        tmp_path / "kamailio",
+        [Pbx(failing.address), Pbx(silent.address), Pbx(f"127.0.0.1:{pbx.settings.sip_port}")],
+        listen=PROXY,
+    )
+    agent = Agent(
+        settings=Settings(
+            audiosocket=f"127.0.0.1:{bridge_port}",
+            ami_port=pbx.settings.ami_port,
+            ami_secret=AMI_SECRET,
+            recordings_dir=tmp_path / "rec",
+            state_dir=tmp_path / "state",
+        )
+    )
+    ended: list[Call] = []
+    agent.on("call_ended")(ended.append)
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(agent.run(ready=ready, stop=stop))
+    try:
+        for sandbox in (pbx, carrier):
+            await asyncio.to_thread(sandbox.restart)
+        await asyncio.to_thread(proxy.start)
+        # all three answer the proxy's OPTIONS: all look healthy
+        for p in proxy.pbxs:
+            await asyncio.to_thread(proxy.wait_state, p, True)
+        await asyncio.wait_for(ready.wait(), 60)
+        # calls at once: the proxy spreads them by load, so the broken PBXs
+        # get INVITEs too; each such call goes on to the next PBX
+        results = await asyncio.gather(
+            *(
+                place_call(
+                    "100", settings=carrier.settings, delay=1.0, hold=3.0, caller_id=f"1666{n}"
+                )
+                for n in range(4)
+            )
+        )
+        assert all(r.answered for r in results), [(r.answered, r.hangup_cause) for r in results]
+        assert sorted(c.caller for c in ended) == [f"1666{n}" for n in range(4)]
+        assert failing.invites >= 1 and silent.invites >= 1
+        assert failing.options >= 1 and silent.options >= 1
+        # one clear line for each PBX passed over
+        failed = proxy.log_lines(f"PBX sip:{failing.address} failed call .* with 503")
+        timed_out = proxy.log_lines(f"PBX sip:{silent.address} did not answer call .* in time")
+        assert failed and timed_out, proxy.log_tail(30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        proxy.stop()
+        failing.close()
+        silent.close()
+        for sandbox in (pbx, carrier):
+            await asyncio.to_thread(sandbox.down)
+
+
+def free_port_udp() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
