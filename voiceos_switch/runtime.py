@@ -248,8 +248,9 @@ class Runtime:
                 w.cancel()
         if stop.is_set():
             return
-        # draining: the PBX's next connect is refused at once (its dialplan
-        # moves on to another bridge); the calls here finish as they would
+        # draining: the PBX's next AudioSocket connection is closed at once
+        # (FreeSWITCH's stream connect refused), so its dialplan moves on to
+        # another bridge; the calls here finish as they would
         self.draining = True
         self.server.stop_accepting()
         if self.stream_server is not None:

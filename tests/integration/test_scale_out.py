@@ -6,8 +6,9 @@ Twenty real SIP calls come from a carrier (a third Asterisk, whose caller
 waits for the greeting, asks, listens to the answer and hangs up). They
 spread over both PBXs and all three bridges; one bridge is sent SIGTERM
 while it has calls: those go on to the end, new calls go to the others,
-and it exits 0 once its last call ends. Then one Asterisk is killed: new
-calls still succeed through the other. Every call's record is in
+and it exits 0 once its last call ends (then comes back, as in a rolling
+restart). Then one Asterisk is killed: new calls still succeed through the
+other. Every call's record is in
 PostgreSQL exactly once.
 """
 
@@ -70,12 +71,12 @@ async def until(check: Callable[[], bool], limit: float, what: str) -> None:
 
 
 class BridgeProcess:
-    def __init__(self, n: int, tmp: Path, env: dict[str, str]) -> None:
+    def __init__(self, n: int, tmp: Path, env: dict[str, str], port: int | None = None) -> None:
         self.n = n
         self.name = f"bridge-{n}"
-        self.port = free_port()
+        self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.log = tmp / f"{self.name}.log"
+        self.log = tmp / f"{self.name}{'-again' if port else ''}.log"
         environ = dict(
             os.environ,
             VOICEOS_AUDIOSOCKET=self.address,
@@ -145,7 +146,14 @@ async def cell(tmp: Path, url: str, redis_url: str) -> AsyncIterator[dict[str, A
                 f"{b.name} never got ready",
             )
             assert b.proc.poll() is None, b.text()[-3000:]
-        yield {"bridges": bridges, "pbxs": sandboxes[:2], "carrier": sandboxes[2], "proxy": proxy}
+        yield {
+            "bridges": bridges,
+            "pbxs": sandboxes[:2],
+            "carrier": sandboxes[2],
+            "proxy": proxy,
+            "env": env,
+            "tmp": tmp,
+        }
     finally:
         for b in bridges:
             b.stop()
@@ -216,6 +224,12 @@ async def test_calls_spread_survive_a_drain_and_a_dead_pbx_and_are_stored_once(
         # the drained bridge finished its calls, then exited by itself
         await asyncio.to_thread(first.proc.wait, 120)
         assert first.proc.returncode == 0, first.text()[-2000:]
+        # the rolling restart: it comes back on its port (until then the
+        # PBXs' connects to it are refused, which Asterisk 22 handles badly
+        # when other calls are up: see docs/scaling.md)
+        again = BridgeProcess(1, c["tmp"], c["env"], port=first.port)
+        bridges.append(again)
+        await until(lambda: again.count("bridge_ready") > 0, 300, "bridge-1 did not come back")
 
         # phase 2: the first PBX dies; new calls go through the second
         pid = int(pbx1.host_path("run/asterisk/asterisk.pid").read_text())
@@ -256,8 +270,8 @@ async def test_calls_spread_survive_a_drain_and_a_dead_pbx_and_are_stored_once(
         ]
         ami = {f"127.0.0.1:{p.settings.ami_port}" for p in (pbx1, pbx2)}
         assert {by_caller[f"1555{n:04d}"]["pbx_address"] for n in range(10)} == ami
-        # after the drain began no new call went to the first bridge ...
-        later = [by_caller[f"1555{n:04d}"] for n in range(drained_at + 1, 20)]
+        # while it drained no new call went to the first bridge ...
+        later = [by_caller[f"1555{n:04d}"] for n in range(drained_at + 1, 10)]
         assert all(r["bridge"] != "bridge-1" for r in later)
         # ... and after the first PBX died, every call went through the second
         assert all(

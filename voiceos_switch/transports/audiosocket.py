@@ -150,6 +150,10 @@ class _Connection(asyncio.Protocol):
         srv.stats.connections += 1
         srv.stats.active_connections += 1
         srv._live.add(self)
+        if srv.draining:
+            srv.stats.refused += 1
+            self._fail("refused: the bridge is draining")
+            return
         if srv.stats.admitted >= srv.max_calls:
             srv.stats.refused += 1
             self._fail(f"refused: {srv.max_calls} calls already active")
@@ -366,6 +370,8 @@ class AudioSocketServer:
         self.on_call = on_call
         self.clock = clock or FrameClock()
         self.max_calls = max_calls
+        #: SIGTERM: new connections are closed at once (stop_accepting)
+        self.draining = False
         self.handshake_timeout = handshake_timeout
         self.max_frame_bytes = max_frame_bytes
         self.lead_frames = lead_frames
@@ -382,7 +388,7 @@ class AudioSocketServer:
     async def start(self, host: str = "127.0.0.1", port: int = 9092) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, reuse_address=True, backlog=1024
+            lambda: _Connection(self), host, port, reuse_address=True, reuse_port=True, backlog=1024
         )
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
@@ -404,10 +410,15 @@ class AudioSocketServer:
         await run_agent(self.on_call, call)
 
     def stop_accepting(self) -> None:
-        """Take no new connection (the PBX's connect is refused at once, so
-        its dialplan can try another bridge); the calls in progress go on."""
-        if self._server is not None and self._server.is_serving():
-            self._server.close()
+        """Take no new call: each new connection is closed at once, before
+        a frame (the PBX's dialplan then tries another bridge), and the calls
+        in progress go on. The socket keeps listening: Asterisk 22's
+        AudioSocket closes its descriptor twice after a refused connect,
+        which can cut another call's media, so a draining bridge never
+        refuses. A replacement may bind the same port meanwhile (SO_REUSEPORT)
+        and takes the calls the kernel hands it."""
+        if not self.draining:
+            self.draining = True
             logger.info(log.kv(event="audiosocket_not_accepting", active=len(self._tasks)))
 
     async def close(self) -> None:
